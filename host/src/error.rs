@@ -1,0 +1,43 @@
+//! The store's error type.
+
+use crate::id::{FlowRunId, NodeId};
+
+/// Why a [`ContextStore`](crate::ContextStore) operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ContextStoreError {
+    /// `put` found an output already stored for this pair. The stored value
+    /// is kept; a retried step reads this as "already done".
+    #[error("output already exists for ({flow_run_id}, {node_id})")]
+    AlreadyExists {
+        /// The flow run of the refused write.
+        flow_run_id: FlowRunId,
+        /// The node of the refused write.
+        node_id: NodeId,
+    },
+
+    /// `put_global` found the key already written (by `put_global` or
+    /// `upsert_global`). The stored value is kept.
+    #[error("global {key:?} already exists")]
+    GlobalAlreadyExists {
+        /// The key of the refused write.
+        key: String,
+    },
+
+    /// A value could not be turned into JSON text.
+    #[error("value could not be serialized: {0}")]
+    SerializationFailed(String),
+
+    /// A stored value could not be read back as JSON.
+    #[error("stored value could not be deserialized: {0}")]
+    DeserializationFailed(String),
+
+    /// The storage backend failed (I/O, corruption, locking, schema).
+    #[error("storage error: {0}")]
+    StorageError(String),
+}
+
+impl From<rusqlite::Error> for ContextStoreError {
+    fn from(error: rusqlite::Error) -> Self {
+        Self::StorageError(error.to_string())
+    }
+}

@@ -1,0 +1,83 @@
+//! [`Grant`]: what one step invocation may touch in the store. Deny by default.
+
+/// The capabilities of one invocation.
+///
+/// Always granted: reading the outputs of the invocation's own flow run
+/// (`get`, `list-keys`) and writing the invocation's own node output
+/// (`put` of its own `(flow-run-id, node-id)`). Everything else is denied
+/// unless listed here: other runs and other nodes can never be written, and
+/// globals are reachable only under the key prefixes below. A denied call
+/// returns `access-denied` to the guest and changes nothing.
+///
+/// ```
+/// use contextstore::Grant;
+///
+/// let grant = Grant::default()
+///     .read_globals("config/")
+///     .write_globals("cache/step-a/");
+/// assert!(grant.may_read_global("config/region"));
+/// assert!(!grant.may_read_global("secrets/token"));
+/// assert!(grant.may_write_global("cache/step-a/page-1"));
+/// assert!(!grant.may_write_global("config/region"));
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Grant {
+    /// Key prefixes under which globals may be read (`get-global`).
+    pub global_read: Vec<String>,
+    /// Key prefixes under which globals may be written (`put-global`,
+    /// `upsert-global`). Writing does not imply reading.
+    pub global_write: Vec<String>,
+}
+
+impl Grant {
+    /// Allows reading globals whose key starts with `prefix` (`""` allows all).
+    pub fn read_globals(mut self, prefix: impl Into<String>) -> Self {
+        self.global_read.push(prefix.into());
+        self
+    }
+
+    /// Allows writing globals whose key starts with `prefix` (`""` allows all).
+    pub fn write_globals(mut self, prefix: impl Into<String>) -> Self {
+        self.global_write.push(prefix.into());
+        self
+    }
+
+    /// Whether `key` is under a granted read prefix.
+    pub fn may_read_global(&self, key: &str) -> bool {
+        self.global_read.iter().any(|p| key.starts_with(p.as_str()))
+    }
+
+    /// Whether `key` is under a granted write prefix.
+    pub fn may_write_global(&self, key: &str) -> bool {
+        self.global_write.iter().any(|p| key.starts_with(p.as_str()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn denies_everything_by_default() {
+        let grant = Grant::default();
+        assert!(!grant.may_read_global(""));
+        assert!(!grant.may_write_global("any"));
+    }
+
+    #[test]
+    fn empty_prefix_grants_every_key() {
+        let grant = Grant::default().read_globals("");
+        assert!(grant.may_read_global(""));
+        assert!(grant.may_read_global("anything"));
+    }
+
+    #[test]
+    fn prefixes_match_bytes_not_path_segments() {
+        let grant = Grant::default().write_globals("a/");
+        assert!(grant.may_write_global("a/"));
+        assert!(grant.may_write_global("a/b"));
+        assert!(!grant.may_write_global("a"));
+        assert!(!grant.may_write_global("ab/"));
+        assert!(!grant.may_read_global("a/b"), "write does not imply read");
+    }
+}

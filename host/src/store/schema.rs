@@ -1,0 +1,105 @@
+//! The SQLite schema and its migrations, versioned by `PRAGMA user_version`.
+
+use rusqlite::{Connection, TransactionBehavior};
+
+use crate::error::ContextStoreError;
+
+/// Marks a file as a contextstore database (`PRAGMA application_id`): "ctxs".
+pub const APPLICATION_ID: i64 = 0x6374_7873;
+
+/// Migrations in order; migration `i` takes the schema from version `i` to `i + 1`.
+/// Append only: a released migration never changes.
+const MIGRATIONS: &[&str] = &[
+    // 1: outputs and globals. Ids are 16-byte UUIDs; values are JSON text;
+    // `written_at` is Unix time in milliseconds. Write-once is the primary key.
+    "CREATE TABLE outputs (
+        flow_run_id BLOB NOT NULL CHECK (length(flow_run_id) = 16),
+        node_id     BLOB NOT NULL CHECK (length(node_id) = 16),
+        value       TEXT NOT NULL,
+        written_at  INTEGER NOT NULL,
+        PRIMARY KEY (flow_run_id, node_id)
+    ) STRICT;
+    CREATE TABLE globals (
+        key        TEXT NOT NULL PRIMARY KEY,
+        value      TEXT NOT NULL,
+        written_at INTEGER NOT NULL
+    ) STRICT;",
+];
+
+/// The schema version this build writes.
+pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
+
+/// Brings the database up to [`CURRENT_VERSION`], in one transaction.
+///
+/// Refuses files that belong to another application and files written by
+/// a newer build, rather than guessing.
+pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let app: i64 = tx.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if app != 0 && app != APPLICATION_ID {
+        return Err(ContextStoreError::StorageError(format!(
+            "not a contextstore database (application_id {app:#x})"
+        )));
+    }
+    if app == 0 && version == 0 {
+        let tables: i64 = tx.query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+            [],
+            |row| row.get(0),
+        )?;
+        if tables > 0 {
+            return Err(ContextStoreError::StorageError(
+                "not a contextstore database (it holds other tables)".into(),
+            ));
+        }
+    }
+    if version > CURRENT_VERSION {
+        return Err(ContextStoreError::StorageError(format!(
+            "database schema version {version} is newer than this build supports ({CURRENT_VERSION})"
+        )));
+    }
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+        tracing::info!(from, to = from + 1, "migrating contextstore schema");
+        tx.execute_batch(sql)?;
+    }
+    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+    tx.pragma_update(None, "user_version", CURRENT_VERSION)?;
+    tx.commit()?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn migrates_a_new_database_and_is_idempotent() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        migrate(&mut conn).unwrap();
+        let v: i64 = conn
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(v, CURRENT_VERSION);
+    }
+
+    #[test]
+    fn refuses_a_newer_schema() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        migrate(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", CURRENT_VERSION + 1)
+            .unwrap();
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        assert!(err.contains("newer than this build"), "{err}");
+    }
+
+    #[test]
+    fn refuses_a_foreign_database() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch("CREATE TABLE users (id INTEGER)")
+            .unwrap();
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        assert!(err.contains("not a contextstore database"), "{err}");
+    }
+}
