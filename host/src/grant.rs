@@ -49,7 +49,9 @@ impl Grant {
 
     /// Whether `key` is under a granted write prefix.
     pub fn may_write_global(&self, key: &str) -> bool {
-        self.global_write.iter().any(|p| key.starts_with(p.as_str()))
+        self.global_write
+            .iter()
+            .any(|p| key.starts_with(p.as_str()))
     }
 }
 

@@ -1,1 +1,48 @@
+//! Shared helpers for the integration tests: the paths of the guest
+//! components built by `build.rs`, and small fixtures.
 
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
+
+use contextstore::{ContextStore, Runtime, SqliteContextStore, StepComponent};
+
+/// Paths of the Rust guest components, built for wasm32-wasip2 by `build.rs`.
+pub mod components {
+    include!(concat!(env!("OUT_DIR"), "/components.rs"));
+}
+
+/// One runtime for the whole test binary, as a host process would have.
+pub fn runtime() -> &'static Runtime {
+    static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+    RUNTIME.get_or_init(|| Runtime::new().expect("runtime starts"))
+}
+
+/// Loads a component by path (compiled once per runtime).
+pub fn load(path: &str) -> StepComponent {
+    runtime().load_file(path).expect("component loads")
+}
+
+/// A fresh SQLite store in a temporary directory, with the directory.
+pub fn temp_store() -> (tempfile::TempDir, Arc<dyn ContextStore>) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SqliteContextStore::open(dir.path().join("context.db")).expect("store opens");
+    (dir, Arc::new(store))
+}
+
+/// The `contextstore` binary of this build (`target/<profile>/contextstore`),
+/// built beside the test binaries by `cargo test --workspace`.
+pub fn cli_binary() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    // target/<profile>/deps/<test-binary>
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let bin = profile_dir.join(format!("contextstore{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        bin.exists(),
+        "{} is missing: run the tests with `cargo test --workspace` (it builds the CLI)",
+        bin.display()
+    );
+    bin
+}

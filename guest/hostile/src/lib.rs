@@ -1,0 +1,224 @@
+//! `hostile`: a test step that does one bad (or odd) thing, chosen by its
+//! params `{"mode": "<mode>", ...}`. See [`MODES`] for the list.
+//!
+//! When the bad store call fails, the step answers `Err(StepError::Store(e))`
+//! with that very error, so the host's tests see the typed error; if the bad
+//! call is allowed, it answers `Err(StepError::Failed("<mode>: bad call was
+//! allowed"))`. An unknown or missing mode is `StepError::InvalidParams`.
+
+use contextstore_guest::{Context, Error, Step, StepError, export_step, store};
+use serde::Deserialize;
+use serde_json::{Map, Value, json};
+
+/// Every mode, in the order of the doc list below.
+///
+/// - `loop`: spins forever (until the host's fuel or epoch deadline).
+/// - `memory-hog`: allocates and touches 1 MiB chunks, keeping them all,
+///   until the host's memory cap makes allocation fail and the guest aborts.
+/// - `trap-after-put`: writes its own output `{"mode":"trap-after-put"}`,
+///   then panics (a trap).
+/// - `write-other-node`: `put` in its own run under node id `target`.
+/// - `write-other-run`: `put` in run `target` under its own node id.
+/// - `read-other-run`: `get` from run `target`, its own node id.
+/// - `ungranted-global`: `put_global("secret/key", 1)`.
+/// - `oversized-value`: writes its own output as a JSON string of `bytes`
+///   `x` characters (default 17 MiB).
+/// - `invalid-json`: writes its own output as the text `{not json`.
+/// - `invalid-id`: `put` under run id `not-a-uuid`.
+/// - `many-puts`: `put_global_raw("hostile/{i}", "1")` for i in 0..100 000,
+///   stopping at the first error; writes `{"puts": 100000}` if none fails.
+/// - `no-output`: returns `Ok(())` without writing anything.
+/// - `fail`: returns `Err(StepError::Failed("asked to fail"))`.
+/// - `sandbox`: probes the sandbox and writes `{"read_dir_ok": bool,
+///   "read_file_ok": bool, "env_vars": n, "tcp_ok": bool}`.
+/// - `echo`: writes params field `value` (any JSON; `null` if absent).
+/// - `read-upstream`: writes `{"<upstream name>": <its output>, ...}`.
+pub const MODES: &[&str] = &[
+    "loop",
+    "memory-hog",
+    "trap-after-put",
+    "write-other-node",
+    "write-other-run",
+    "read-other-run",
+    "ungranted-global",
+    "oversized-value",
+    "invalid-json",
+    "invalid-id",
+    "many-puts",
+    "no-output",
+    "fail",
+    "sandbox",
+    "echo",
+    "read-upstream",
+];
+
+/// The step's params: `mode` plus the optional fields some modes use.
+#[derive(Debug, Deserialize)]
+struct Params {
+    mode: String,
+    /// A flow run id or node id, for the `*-other-*` modes.
+    target: Option<String>,
+    /// The string length for `oversized-value`.
+    bytes: Option<usize>,
+    /// The value for `echo`.
+    #[serde(default)]
+    value: Value,
+}
+
+impl Params {
+    /// The `target` field, which the `*-other-*` modes need.
+    fn target(&self) -> Result<&str, StepError> {
+        self.target.as_deref().ok_or_else(|| {
+            StepError::InvalidParams(format!("mode `{}` needs a `target` field", self.mode))
+        })
+    }
+}
+
+/// What one mode does.
+type Mode = fn(&Context, &Params) -> Result<(), StepError>;
+
+/// The implementation of mode `name`, if it is one of [`MODES`].
+fn mode(name: &str) -> Option<Mode> {
+    Some(match name {
+        "loop" => spin,
+        "memory-hog" => memory_hog,
+        "trap-after-put" => trap_after_put,
+        "write-other-node" => write_other_node,
+        "write-other-run" => write_other_run,
+        "read-other-run" => read_other_run,
+        "ungranted-global" => ungranted_global,
+        "oversized-value" => oversized_value,
+        "invalid-json" => invalid_json,
+        "invalid-id" => invalid_id,
+        "many-puts" => many_puts,
+        "no-output" => |_, _| Ok(()),
+        "fail" => |_, _| Err(StepError::Failed("asked to fail".into())),
+        "sandbox" => sandbox,
+        "echo" => |ctx, p| Ok(ctx.output(&p.value)?),
+        "read-upstream" => read_upstream,
+        _ => return None,
+    })
+}
+
+/// The answer to a call that the host must refuse: its error, or
+/// `Failed` if it was allowed.
+fn refused<T>(mode: &str, result: Result<T, Error>) -> Result<(), StepError> {
+    match result {
+        Err(err) => Err(StepError::Store(err)),
+        Ok(_) => Err(StepError::Failed(format!("{mode}: bad call was allowed"))),
+    }
+}
+
+fn spin(_: &Context, _: &Params) -> Result<(), StepError> {
+    let mut n: u64 = 0;
+    loop {
+        // `black_box` keeps the optimiser from proving the loop pointless.
+        n = std::hint::black_box(n.wrapping_add(1));
+    }
+}
+
+fn memory_hog(_: &Context, _: &Params) -> Result<(), StepError> {
+    const MIB: usize = 1024 * 1024;
+    let mut hoard: Vec<Vec<u8>> = Vec::new();
+    loop {
+        // A non-zero fill writes every page, so the memory is really used.
+        hoard.push(std::hint::black_box(vec![0xA5; MIB]));
+        std::hint::black_box(&hoard);
+    }
+}
+
+fn trap_after_put(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    ctx.output(&json!({ "mode": "trap-after-put" }))?;
+    panic!("trap-after-put: trapping after a successful put");
+}
+
+fn write_other_node(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let put = store::put(ctx.flow_run_id(), p.target()?, &json!({ "mode": p.mode }));
+    refused(&p.mode, put)
+}
+
+fn write_other_run(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let put = store::put(p.target()?, ctx.node_id(), &json!({ "mode": p.mode }));
+    refused(&p.mode, put)
+}
+
+fn read_other_run(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    refused(&p.mode, store::get::<Value>(p.target()?, ctx.node_id()))
+}
+
+fn ungranted_global(_: &Context, p: &Params) -> Result<(), StepError> {
+    refused(&p.mode, store::put_global("secret/key", &1))
+}
+
+fn oversized_value(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let huge = "x".repeat(p.bytes.unwrap_or(17 * 1024 * 1024));
+    refused(&p.mode, ctx.output(&huge))
+}
+
+fn invalid_json(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let put = store::put_raw(ctx.flow_run_id(), ctx.node_id(), "{not json");
+    refused(&p.mode, put)
+}
+
+fn invalid_id(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    refused(&p.mode, store::put_raw("not-a-uuid", ctx.node_id(), "1"))
+}
+
+fn many_puts(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    const PUTS: u32 = 100_000;
+    for i in 0..PUTS {
+        store::put_global_raw(&format!("hostile/{i}"), "1").map_err(StepError::Store)?;
+    }
+    Ok(ctx.output(&json!({ "puts": PUTS }))?)
+}
+
+fn sandbox(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    let probes = json!({
+        "read_dir_ok": std::fs::read_dir("/").is_ok(),
+        "read_file_ok": std::fs::read("/etc/passwd").is_ok(),
+        // `vars_os`, unlike `vars`, cannot panic on a non-UTF-8 variable.
+        "env_vars": std::env::vars_os().count(),
+        "tcp_ok": std::net::TcpStream::connect("127.0.0.1:80").is_ok(),
+    });
+    Ok(ctx.output(&probes)?)
+}
+
+fn read_upstream(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    let mut outputs = Map::new();
+    for (name, _) in ctx.upstreams() {
+        outputs.insert(name.to_owned(), ctx.upstream::<Value>(name)?);
+    }
+    Ok(ctx.output(&outputs)?)
+}
+
+/// The `hostile` step: runs the mode its params ask for.
+struct Hostile;
+
+impl Step for Hostile {
+    fn run(ctx: Context) -> Result<(), StepError> {
+        let params: Params = ctx.params()?;
+        let run = mode(&params.mode).ok_or_else(|| {
+            StepError::InvalidParams(format!(
+                "unknown mode `{}`; known modes: {}",
+                params.mode,
+                MODES.join(", ")
+            ))
+        })?;
+        run(&ctx, &params)
+    }
+}
+
+export_step!(Hostile);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_listed_mode_is_implemented() {
+        for name in MODES {
+            assert!(mode(name).is_some(), "mode `{name}` has no implementation");
+        }
+        assert!(mode("nope").is_none());
+    }
+}

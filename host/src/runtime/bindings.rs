@@ -1,0 +1,53 @@
+//! Host bindings generated from `wit/` for the `step` world, and the
+//! conversions between them and the crate's own types.
+
+wasmtime::component::bindgen!({
+    path: "../wit",
+    world: "step",
+});
+
+pub use worldinterface::contextstore::store::Error as WitStoreError;
+pub use worldinterface::contextstore::types::{
+    Invocation as WitInvocation, StepError as WitStepError, Upstream as WitUpstream,
+};
+
+use super::guest_store::GuestStoreError;
+use super::step_error::GuestFailure;
+
+impl From<GuestStoreError> for WitStoreError {
+    fn from(error: GuestStoreError) -> Self {
+        match error {
+            GuestStoreError::AlreadyExists => Self::AlreadyExists,
+            GuestStoreError::GlobalAlreadyExists => Self::GlobalAlreadyExists,
+            GuestStoreError::InvalidId(m) => Self::InvalidId(m),
+            GuestStoreError::InvalidJson(m) => Self::InvalidJson(m),
+            GuestStoreError::AccessDenied(m) => Self::AccessDenied(m),
+            GuestStoreError::QuotaExceeded(m) => Self::QuotaExceeded(m),
+            GuestStoreError::Storage(m) => Self::Storage(m),
+        }
+    }
+}
+
+impl From<WitStoreError> for GuestStoreError {
+    fn from(error: WitStoreError) -> Self {
+        match error {
+            WitStoreError::AlreadyExists => Self::AlreadyExists,
+            WitStoreError::GlobalAlreadyExists => Self::GlobalAlreadyExists,
+            WitStoreError::InvalidId(m) => Self::InvalidId(m),
+            WitStoreError::InvalidJson(m) => Self::InvalidJson(m),
+            WitStoreError::AccessDenied(m) => Self::AccessDenied(m),
+            WitStoreError::QuotaExceeded(m) => Self::QuotaExceeded(m),
+            WitStoreError::Storage(m) => Self::Storage(m),
+        }
+    }
+}
+
+impl From<WitStepError> for GuestFailure {
+    fn from(error: WitStepError) -> Self {
+        match error {
+            WitStepError::InvalidParams(m) => Self::InvalidParams(m),
+            WitStepError::Store(e) => Self::Store(e.into()),
+            WitStepError::Failed(m) => Self::Failed(m),
+        }
+    }
+}

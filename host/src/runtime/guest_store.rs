@@ -1,0 +1,397 @@
+//! [`GuestStore`]: the store as one invocation's guest sees it.
+//!
+//! Every store call a guest makes lands here, as untrusted text: ids are
+//! parsed, the grant and the limits are checked, JSON is validated, and only
+//! then is the [`ContextStore`] called. Nothing here trusts its input or
+//! panics on it; every refusal is a [`GuestStoreError`] the guest can handle.
+//! The type knows nothing of wasmtime, so that it can be tested and fuzzed
+//! on its own.
+
+use std::sync::Arc;
+
+use serde_json::Value;
+
+use crate::error::ContextStoreError;
+use crate::grant::Grant;
+use crate::id::{FlowRunId, NodeId};
+use crate::json;
+use crate::limits::Limits;
+use crate::store::ContextStore;
+
+/// Why a guest's store call was refused: the WIT `error` variant, host side.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GuestStoreError {
+    /// The output of this `(flow-run-id, node-id)` is already stored.
+    #[error("output already exists")]
+    AlreadyExists,
+    /// The global key is already written.
+    #[error("global already exists")]
+    GlobalAlreadyExists,
+    /// An id is not a hyphenated UUID.
+    #[error("invalid id: {0}")]
+    InvalidId(String),
+    /// A value is not valid JSON or nests too deep.
+    #[error("invalid JSON: {0}")]
+    InvalidJson(String),
+    /// The invocation's grant does not allow the call.
+    #[error("access denied: {0}")]
+    AccessDenied(String),
+    /// A per-invocation limit was reached.
+    #[error("quota exceeded: {0}")]
+    QuotaExceeded(String),
+    /// The storage backend failed.
+    #[error("storage error: {0}")]
+    Storage(String),
+}
+
+impl GuestStoreError {
+    /// The WIT name of the variant (`"access-denied"`, …).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::AlreadyExists => "already-exists",
+            Self::GlobalAlreadyExists => "global-already-exists",
+            Self::InvalidId(_) => "invalid-id",
+            Self::InvalidJson(_) => "invalid-json",
+            Self::AccessDenied(_) => "access-denied",
+            Self::QuotaExceeded(_) => "quota-exceeded",
+            Self::Storage(_) => "storage",
+        }
+    }
+}
+
+impl From<ContextStoreError> for GuestStoreError {
+    fn from(error: ContextStoreError) -> Self {
+        match error {
+            ContextStoreError::AlreadyExists { .. } => Self::AlreadyExists,
+            ContextStoreError::GlobalAlreadyExists { .. } => Self::GlobalAlreadyExists,
+            ContextStoreError::SerializationFailed(m) => Self::InvalidJson(m),
+            other => Self::Storage(other.to_string()),
+        }
+    }
+}
+
+/// The result of a guest store call.
+pub type GuestResult<T> = Result<T, GuestStoreError>;
+
+/// One invocation's view of a [`ContextStore`], with its grant and limits.
+pub struct GuestStore {
+    store: Arc<dyn ContextStore>,
+    flow_run_id: FlowRunId,
+    node_id: NodeId,
+    grant: Grant,
+    limits: Limits,
+    writes: u32,
+}
+
+impl GuestStore {
+    /// The store as the invocation of `node_id` in `flow_run_id` may use it.
+    pub fn new(
+        store: Arc<dyn ContextStore>,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        grant: Grant,
+        limits: Limits,
+    ) -> Self {
+        Self {
+            store,
+            flow_run_id,
+            node_id,
+            grant,
+            limits,
+            writes: 0,
+        }
+    }
+
+    /// How many write calls the guest has made so far.
+    pub fn writes(&self) -> u32 {
+        self.writes
+    }
+
+    /// `put`: only the invocation's own output may be written.
+    pub fn put(&mut self, flow_run_id: &str, node_id: &str, value: &str) -> GuestResult<()> {
+        self.count_write()?;
+        let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
+        if run != self.flow_run_id {
+            return Err(GuestStoreError::AccessDenied(format!(
+                "put: flow run {run} is not this invocation's run"
+            )));
+        }
+        if node != self.node_id {
+            return Err(GuestStoreError::AccessDenied(format!(
+                "put: node {node} is not this invocation's node; a step writes only its own output"
+            )));
+        }
+        let value = self.parse_value(value)?;
+        Ok(self.store.put(run, node, &value)?)
+    }
+
+    /// `get`: any output of the invocation's own run.
+    pub fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
+        let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
+        self.check_own_run(run, "get")?;
+        self.store.get(run, node)?.map(|v| to_text(&v)).transpose()
+    }
+
+    /// `list-keys`: the nodes of the invocation's own run.
+    pub fn list_keys(&mut self, flow_run_id: &str) -> GuestResult<Vec<String>> {
+        let run = parse_run(flow_run_id)?;
+        self.check_own_run(run, "list-keys")?;
+        Ok(self
+            .store
+            .list_keys(run)?
+            .iter()
+            .map(NodeId::to_string)
+            .collect())
+    }
+
+    /// `put-global`: write-once, under a granted write prefix.
+    pub fn put_global(&mut self, key: &str, value: &str) -> GuestResult<()> {
+        self.count_write()?;
+        self.check_global_write(key, "put-global")?;
+        let value = self.parse_value(value)?;
+        Ok(self.store.put_global(key, &value)?)
+    }
+
+    /// `upsert-global`: overwrite, under a granted write prefix.
+    pub fn upsert_global(&mut self, key: &str, value: &str) -> GuestResult<()> {
+        self.count_write()?;
+        self.check_global_write(key, "upsert-global")?;
+        let value = self.parse_value(value)?;
+        Ok(self.store.upsert_global(key, &value)?)
+    }
+
+    /// `get-global`: under a granted read prefix.
+    pub fn get_global(&mut self, key: &str) -> GuestResult<Option<String>> {
+        if !self.grant.may_read_global(key) {
+            return Err(GuestStoreError::AccessDenied(format!(
+                "get-global: key {} is not under a granted read prefix",
+                shown(key)
+            )));
+        }
+        self.store.get_global(key)?.map(|v| to_text(&v)).transpose()
+    }
+
+    fn count_write(&mut self) -> GuestResult<()> {
+        if self.writes >= self.limits.max_writes {
+            return Err(GuestStoreError::QuotaExceeded(format!(
+                "this invocation may make at most {} writes",
+                self.limits.max_writes
+            )));
+        }
+        self.writes += 1;
+        Ok(())
+    }
+
+    fn check_own_run(&self, run: FlowRunId, call: &str) -> GuestResult<()> {
+        if run == self.flow_run_id {
+            Ok(())
+        } else {
+            Err(GuestStoreError::AccessDenied(format!(
+                "{call}: flow run {run} is not this invocation's run"
+            )))
+        }
+    }
+
+    fn check_global_write(&self, key: &str, call: &str) -> GuestResult<()> {
+        if self.grant.may_write_global(key) {
+            Ok(())
+        } else {
+            Err(GuestStoreError::AccessDenied(format!(
+                "{call}: key {} is not under a granted write prefix",
+                shown(key)
+            )))
+        }
+    }
+
+    /// Checks size and depth before parsing, so that a hostile document
+    /// costs the host no more than its bytes.
+    fn parse_value(&self, text: &str) -> GuestResult<Value> {
+        if text.len() > self.limits.max_value_bytes {
+            return Err(GuestStoreError::QuotaExceeded(format!(
+                "value of {} bytes is larger than the limit of {} bytes",
+                text.len(),
+                self.limits.max_value_bytes
+            )));
+        }
+        let depth = json::nesting_depth(text);
+        if depth > self.limits.max_json_depth {
+            return Err(GuestStoreError::InvalidJson(format!(
+                "nesting depth {depth} is deeper than the limit of {}",
+                self.limits.max_json_depth
+            )));
+        }
+        json::parse(text).map_err(|e| GuestStoreError::InvalidJson(e.to_string()))
+    }
+}
+
+fn parse_run(text: &str) -> GuestResult<FlowRunId> {
+    text.parse()
+        .map_err(|e: crate::id::IdParseError| GuestStoreError::InvalidId(e.to_string()))
+}
+
+fn parse_node(text: &str) -> GuestResult<NodeId> {
+    text.parse()
+        .map_err(|e: crate::id::IdParseError| GuestStoreError::InvalidId(e.to_string()))
+}
+
+fn to_text(value: &Value) -> GuestResult<String> {
+    json::to_text(value).map_err(|e| GuestStoreError::Storage(e.to_string()))
+}
+
+/// A key for an error message: quoted, and cut to 64 characters.
+fn shown(key: &str) -> String {
+    let cut: String = key.chars().take(64).collect();
+    if cut.len() < key.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::sqlite::SqliteContextStore;
+
+    fn guest(
+        grant: Grant,
+        limits: Limits,
+    ) -> (GuestStore, Arc<dyn ContextStore>, FlowRunId, NodeId) {
+        let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::in_memory().unwrap());
+        let (run, node) = (FlowRunId::new(), NodeId::new());
+        (
+            GuestStore::new(store.clone(), run, node, grant, limits),
+            store,
+            run,
+            node,
+        )
+    }
+
+    #[test]
+    fn own_output_round_trips_as_text() {
+        let (mut g, _, run, node) = guest(Grant::default(), Limits::default());
+        let (r, n) = (run.to_string(), node.to_string());
+        g.put(&r, &n, r#"{"a": [1, 2.5, "x"]}"#).unwrap();
+        assert_eq!(
+            g.get(&r, &n).unwrap().as_deref(),
+            Some(r#"{"a":[1,2.5,"x"]}"#)
+        );
+        assert_eq!(g.put(&r, &n, "2"), Err(GuestStoreError::AlreadyExists));
+        assert_eq!(g.list_keys(&r).unwrap(), vec![n]);
+    }
+
+    #[test]
+    fn writes_outside_the_own_node_are_denied_and_write_nothing() {
+        let (mut g, store, run, node) = guest(Grant::default(), Limits::default());
+        let other_node = NodeId::new();
+        let other_run = FlowRunId::new();
+        let err = g
+            .put(&run.to_string(), &other_node.to_string(), "1")
+            .unwrap_err();
+        assert_eq!(err.kind(), "access-denied");
+        let err = g
+            .put(&other_run.to_string(), &node.to_string(), "1")
+            .unwrap_err();
+        assert_eq!(err.kind(), "access-denied");
+        assert_eq!(store.get(run, other_node).unwrap(), None);
+        assert_eq!(store.get(other_run, node).unwrap(), None);
+    }
+
+    #[test]
+    fn reads_of_other_runs_are_denied() {
+        let (mut g, store, _, node) = guest(Grant::default(), Limits::default());
+        let other_run = FlowRunId::new();
+        store
+            .put(other_run, node, &serde_json::json!("secret"))
+            .unwrap();
+        assert_eq!(
+            g.get(&other_run.to_string(), &node.to_string())
+                .unwrap_err()
+                .kind(),
+            "access-denied"
+        );
+        assert_eq!(
+            g.list_keys(&other_run.to_string()).unwrap_err().kind(),
+            "access-denied"
+        );
+    }
+
+    #[test]
+    fn globals_need_a_granted_prefix() {
+        let grant = Grant::default()
+            .read_globals("shared/")
+            .write_globals("mine/");
+        let (mut g, store, ..) = guest(grant, Limits::default());
+        assert_eq!(
+            g.put_global("secret/key", "1").unwrap_err().kind(),
+            "access-denied"
+        );
+        assert_eq!(
+            g.upsert_global("shared/x", "1").unwrap_err().kind(),
+            "access-denied"
+        );
+        assert_eq!(g.get_global("mine/x").unwrap_err().kind(), "access-denied");
+        g.put_global("mine/x", "1").unwrap();
+        assert_eq!(
+            g.put_global("mine/x", "2"),
+            Err(GuestStoreError::GlobalAlreadyExists)
+        );
+        g.upsert_global("mine/x", "3").unwrap();
+        store.put_global("shared/x", &serde_json::json!(7)).unwrap();
+        assert_eq!(g.get_global("shared/x").unwrap().as_deref(), Some("7"));
+        assert_eq!(store.get_global("secret/key").unwrap(), None);
+        assert_eq!(
+            store.get_global("mine/x").unwrap(),
+            Some(serde_json::json!(3))
+        );
+    }
+
+    #[test]
+    fn bad_ids_and_bad_json_are_typed_errors() {
+        let (mut g, _, run, node) = guest(Grant::default(), Limits::default());
+        assert_eq!(
+            g.put("nope", &node.to_string(), "1").unwrap_err().kind(),
+            "invalid-id"
+        );
+        assert_eq!(
+            g.get(&run.to_string(), "").unwrap_err().kind(),
+            "invalid-id"
+        );
+        assert_eq!(g.list_keys("\u{0}").unwrap_err().kind(), "invalid-id");
+        let err = g
+            .put(&run.to_string(), &node.to_string(), "{not json")
+            .unwrap_err();
+        assert_eq!(err.kind(), "invalid-json");
+        assert_eq!(
+            g.put(&run.to_string(), &node.to_string(), "")
+                .unwrap_err()
+                .kind(),
+            "invalid-json"
+        );
+    }
+
+    #[test]
+    fn limits_refuse_big_deep_and_too_many_writes() {
+        let limits = Limits {
+            max_value_bytes: 10,
+            max_writes: 3,
+            max_json_depth: 2,
+            ..Limits::default()
+        };
+        let (mut g, store, run, node) = guest(Grant::default().write_globals(""), limits);
+        let (r, n) = (run.to_string(), node.to_string());
+        assert_eq!(
+            g.put(&r, &n, "\"0123456789\"").unwrap_err().kind(),
+            "quota-exceeded"
+        );
+        assert_eq!(g.put(&r, &n, "[[[1]]]").unwrap_err().kind(), "invalid-json");
+        g.put(&r, &n, "[[1]]").unwrap();
+        assert_eq!(g.put_global("k", "1").unwrap_err().kind(), "quota-exceeded");
+        assert_eq!(g.writes(), 3);
+        assert_eq!(
+            store.get(run, node).unwrap(),
+            Some(serde_json::json!([[1]]))
+        );
+        assert_eq!(store.get_global("k").unwrap(), None);
+    }
+}

@@ -1,0 +1,68 @@
+//! [`StepError`]: why an invocation as a whole did not finish with an output.
+
+use std::time::Duration;
+
+use super::guest_store::GuestStoreError;
+use crate::error::ContextStoreError;
+
+/// Why a step invocation failed. In every case the host and the store stay
+/// usable, and a write the guest committed before failing stays committed.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// The guest ran past [`Limits::timeout`](crate::Limits::timeout) and was interrupted.
+    #[error("step timed out after {0:?}")]
+    Timeout(Duration),
+    /// The guest needed more linear memory than [`Limits::memory_bytes`](crate::Limits::memory_bytes).
+    #[error("step ran out of memory (limit {limit_bytes} bytes)")]
+    OutOfMemory {
+        /// The memory limit that was reached.
+        limit_bytes: usize,
+    },
+    /// The guest used up its [`Limits::fuel`](crate::Limits::fuel).
+    #[error("step ran out of fuel (budget {0})")]
+    OutOfFuel(u64),
+    /// The guest trapped (a panic, `unreachable`, an out-of-bounds access…).
+    #[error("step trapped: {message}{}", stderr_suffix(stderr))]
+    Trap {
+        /// What wasmtime reported, with the wasm backtrace.
+        message: String,
+        /// The end of what the guest wrote to stderr (a panic message, say).
+        stderr: String,
+    },
+    /// The step returned an error of its own.
+    #[error("step failed: {0}")]
+    Failed(GuestFailure),
+    /// The step returned `ok` without its output in the store.
+    #[error("step returned ok but wrote no output")]
+    NoOutput,
+    /// The component could not be instantiated (for example its start
+    /// function trapped, or it asked for more than the limits allow).
+    #[error("step could not be instantiated: {0}")]
+    Instantiate(String),
+    /// The store failed while the host checked the step's output.
+    #[error(transparent)]
+    Store(#[from] ContextStoreError),
+}
+
+/// The error a step returned from `run`: the WIT `step-error`, host side.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum GuestFailure {
+    /// The step's parameters were not what it needs.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
+    /// A store call failed and the step passed the error on.
+    #[error("{0}")]
+    Store(GuestStoreError),
+    /// Any other failure.
+    #[error("{0}")]
+    Failed(String),
+}
+
+fn stderr_suffix(stderr: &str) -> String {
+    let trimmed = stderr.trim();
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("\nguest stderr: {trimmed}")
+    }
+}

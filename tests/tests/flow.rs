@@ -1,0 +1,150 @@
+//! The tiny flow of the example steps, as a flow engine would run it.
+
+use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepStatus};
+use contextstore_tests::{components, load, runtime, temp_store};
+use serde_json::json;
+
+// Every guest component must have a test in this crate: a missing one is a
+// compile error here.
+macro_rules! assert_test_exists {
+    ($name:ident) => {
+        #[allow(unused_imports)]
+        use self::component_tests::$name as _;
+    };
+}
+contextstore_tests::foreach_component!(assert_test_exists);
+
+mod component_tests {
+    pub(crate) use super::greet_then_shout as greet;
+    pub(crate) use super::greet_then_shout as shout;
+    pub(crate) use super::hostile_is_tested_in_hostile_rs as hostile;
+}
+
+/// `hostile` has its own test file, `hostile.rs`, with a test per mode.
+#[test]
+fn hostile_is_tested_in_hostile_rs() {
+    assert!(std::path::Path::new(components::HOSTILE).exists());
+}
+
+#[test]
+fn greet_then_shout() {
+    let (_dir, store) = temp_store();
+    let (greet, shout) = (load(components::GREET), load(components::SHOUT));
+    let run = FlowRunId::new();
+    let (greet_id, shout_id) = (NodeId::new(), NodeId::new());
+
+    let first = Invocation::new(run, greet_id).with_params(json!({"name": "Ada"}));
+    let out = runtime()
+        .run(
+            &greet,
+            &store,
+            &first,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(out.status, StepStatus::Ran);
+    assert_eq!(out.output, json!({"greeting": "Hello, Ada!"}));
+
+    let second = Invocation::new(run, shout_id).with_upstream("greet", greet_id);
+    let out = runtime()
+        .run(
+            &shout,
+            &store,
+            &second,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(
+        out.output,
+        json!({"shout": "HELLO, ADA!", "from": greet_id.to_string()})
+    );
+    assert_eq!(store.get(run, shout_id).unwrap(), Some(out.output));
+
+    let mut keys = store.list_keys(run).unwrap();
+    keys.sort();
+    let mut expected = vec![greet_id, shout_id];
+    expected.sort();
+    assert_eq!(keys, expected);
+}
+
+#[test]
+fn a_finished_step_is_not_run_again() {
+    let (_dir, store) = temp_store();
+    let greet = load(components::GREET);
+    let invocation =
+        Invocation::new(FlowRunId::new(), NodeId::new()).with_params(json!({"name": "Ada"}));
+    let first = runtime()
+        .run(
+            &greet,
+            &store,
+            &invocation,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+    // Other params on retry: had the step run again, the output would differ.
+    let retry = invocation.clone().with_params(json!({"name": "Bob"}));
+    let second = runtime()
+        .run(
+            &greet,
+            &store,
+            &retry,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(first.status, StepStatus::Ran);
+    assert_eq!(second.status, StepStatus::AlreadyDone);
+    assert_eq!(second.output, json!({"greeting": "Hello, Ada!"}));
+}
+
+#[test]
+fn greet_defaults_its_name_when_params_are_null() {
+    let (_dir, store) = temp_store();
+    let invocation = Invocation::new(FlowRunId::new(), NodeId::new());
+    let out = runtime()
+        .run(
+            &load(components::GREET),
+            &store,
+            &invocation,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap();
+    assert_eq!(out.output, json!({"greeting": "Hello, world!"}));
+}
+
+#[test]
+fn shout_without_its_upstream_fails_and_writes_nothing() {
+    let (_dir, store) = temp_store();
+    let invocation =
+        Invocation::new(FlowRunId::new(), NodeId::new()).with_upstream("greet", NodeId::new());
+    let err = runtime()
+        .run(
+            &load(components::SHOUT),
+            &store,
+            &invocation,
+            &Grant::default(),
+            &Limits::default(),
+        )
+        .unwrap_err();
+    assert!(matches!(err, StepError::Failed(_)), "{err:?}");
+    assert!(err.to_string().contains("greet"), "{err}");
+    assert_eq!(
+        store
+            .get(invocation.flow_run_id, invocation.node_id)
+            .unwrap(),
+        None
+    );
+}
+
+#[test]
+fn loading_the_same_component_twice_compiles_once() {
+    let bytes = std::fs::read(components::GREET).unwrap();
+    let first = runtime().load_bytes("greet-a", &bytes).unwrap();
+    let again = runtime().load_bytes("greet-b", &bytes).unwrap();
+    // The second load hands back the first compilation, name and all.
+    assert_eq!(again.name(), first.name(), "second load compiled again");
+}
