@@ -38,7 +38,7 @@ use state::{STDERR_CAPTURE, StepState};
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
     /// The file could not be read.
-    #[error("cannot read component {path}: {source}")]
+    #[error("cannot read component {path}")]
     Read {
         /// The file.
         path: PathBuf,
@@ -304,7 +304,8 @@ fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) ->
     let captured = wasm.data().stderr.contents();
     let stderr = String::from_utf8_lossy(&captured).into_owned();
     StepError::Trap {
-        message: format!("{error:?}"),
+        message: error.root_cause().to_string(),
+        report: format!("{error:?}"),
         stderr,
     }
 }

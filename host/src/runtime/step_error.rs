@@ -24,8 +24,10 @@ pub enum StepError {
     /// The guest trapped (a panic, `unreachable`, an out-of-bounds access…).
     #[error("step trapped: {message}{}", stderr_suffix(stderr))]
     Trap {
-        /// What wasmtime reported, with the wasm backtrace.
+        /// The trap itself, in one line (`wasm trap: wasm `unreachable` instruction executed`).
         message: String,
+        /// wasmtime's full report, with the wasm backtrace.
+        report: String,
         /// The end of what the guest wrote to stderr (a panic message, say).
         stderr: String,
     },
@@ -58,11 +60,46 @@ pub enum GuestFailure {
     Failed(String),
 }
 
+/// The guest's stderr folded into one line, for a one-line error message.
 fn stderr_suffix(stderr: &str) -> String {
-    let trimmed = stderr.trim();
-    if trimmed.is_empty() {
-        String::new()
-    } else {
-        format!("\nguest stderr: {trimmed}")
+    let lines: Vec<&str> = stderr
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if lines.is_empty() {
+        return String::new();
+    }
+    let folded = lines.join(" / ");
+    let cut: String = folded.chars().take(STDERR_IN_MESSAGE).collect();
+    let more = if cut.len() < folded.len() { "…" } else { "" };
+    format!(" (guest stderr: {cut}{more})")
+}
+
+/// Most characters of guest stderr shown in a [`StepError::Trap`] message.
+const STDERR_IN_MESSAGE: usize = 400;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trap_message_is_one_line_with_folded_stderr() {
+        let trap = StepError::Trap {
+            message: "wasm trap: unreachable".into(),
+            report: "long\nreport".into(),
+            stderr: "panicked at x.rs:1:1:\nboom\n\n".into(),
+        };
+        assert_eq!(
+            trap.to_string(),
+            "step trapped: wasm trap: unreachable (guest stderr: panicked at x.rs:1:1: / boom)"
+        );
+        let long = StepError::Trap {
+            message: "t".into(),
+            report: String::new(),
+            stderr: "x".repeat(1000),
+        };
+        assert!(long.to_string().ends_with("…)"));
+        assert!(!long.to_string().contains('\n'));
     }
 }

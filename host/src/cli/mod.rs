@@ -1,0 +1,104 @@
+//! The command line: argument parsing, dispatch and exit codes.
+//!
+//! Exit codes: 0 success; 1 `get` or `global get` found nothing; 2 any
+//! error, reported as one `error: …` line on stderr.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand};
+use contextstore::{ContextStore, SqliteContextStore};
+
+mod inspect;
+mod run;
+
+/// What a subcommand tells `main` to exit with.
+pub enum Outcome {
+    /// Exit 0.
+    Done,
+    /// Exit 1: the thing asked for is not there.
+    NotFound,
+}
+
+#[derive(Parser)]
+#[command(
+    name = "contextstore",
+    version,
+    about = "A durable, write-once context store for flow engines, with sandboxed WebAssembly steps."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run one step component and print its stored output.
+    Run(run::RunArgs),
+    /// Print the output of a node (exit 1 if there is none).
+    Get(inspect::GetArgs),
+    /// List the nodes that have an output in a flow run, one per line.
+    List(inspect::ListArgs),
+    /// Read and write globals.
+    #[command(subcommand)]
+    Global(inspect::GlobalCommand),
+}
+
+/// Where the SQLite database lives.
+#[derive(clap::Args)]
+pub struct DbArgs {
+    /// The SQLite database file (created if missing).
+    #[arg(long, value_name = "PATH")]
+    db: PathBuf,
+}
+
+impl DbArgs {
+    /// Opens the store.
+    pub fn open(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
+        let store = SqliteContextStore::open(&self.db)?;
+        Ok(Arc::new(store))
+    }
+}
+
+/// Parses the command line, runs it and maps the result to an exit code.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    let result = match cli.command {
+        Command::Run(args) => run::run(args),
+        Command::Get(args) => inspect::get(args),
+        Command::List(args) => inspect::list(args),
+        Command::Global(command) => inspect::global(command),
+    };
+    match result {
+        Ok(Outcome::Done) => ExitCode::SUCCESS,
+        Ok(Outcome::NotFound) => ExitCode::from(1),
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// Logs to stderr, filtered by `CONTEXTSTORE_LOG` (default: warnings).
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTSTORE_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+/// Parses a JSON argument, naming the argument in the error.
+pub fn parse_json(text: &str, what: &str) -> anyhow::Result<serde_json::Value> {
+    contextstore::json::parse(text).with_context(|| format!("invalid JSON in {what}"))
+}
+
+/// Prints a value as one line of JSON on stdout.
+pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
+    println!("{}", contextstore::json::to_text(value)?);
+    Ok(())
+}

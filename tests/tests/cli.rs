@@ -1,0 +1,203 @@
+//! `contextstore run` as a process, with real components: the tiny flow,
+//! made-up run ids, and one-line errors for hostile steps and bad input.
+
+use std::process::{Command, Output};
+
+use contextstore_tests::{cli_binary, components};
+
+fn contextstore(args: &[&str]) -> Output {
+    Command::new(cli_binary())
+        .args(args)
+        .output()
+        .expect("runs")
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+const RUN: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+const GREET: &str = "00000000-0000-4000-8000-000000000001";
+const SHOUT: &str = "00000000-0000-4000-8000-000000000002";
+
+#[test]
+fn the_tiny_flow_runs_from_the_command_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flow.db");
+    let db = db.to_str().unwrap();
+    let greet = contextstore(&[
+        "run",
+        components::GREET,
+        "--db",
+        db,
+        "--node",
+        GREET,
+        "--flow-run",
+        RUN,
+        "--params",
+        r#"{"name":"Ada"}"#,
+    ]);
+    assert!(greet.status.success(), "{}", text(&greet.stderr));
+    assert_eq!(text(&greet.stdout), "{\"greeting\":\"Hello, Ada!\"}\n");
+    assert!(greet.stderr.is_empty(), "a given run id is not printed");
+
+    let upstream = format!("greet={GREET}");
+    let shout = contextstore(&[
+        "run",
+        components::SHOUT,
+        "--db",
+        db,
+        "--node",
+        SHOUT,
+        "--flow-run",
+        RUN,
+        "--upstream",
+        &upstream,
+    ]);
+    assert!(shout.status.success(), "{}", text(&shout.stderr));
+    assert_eq!(
+        text(&shout.stdout),
+        format!("{{\"from\":\"{GREET}\",\"shout\":\"HELLO, ADA!\"}}\n")
+    );
+
+    let listed = contextstore(&["list", "--db", db, RUN]);
+    assert_eq!(text(&listed.stdout), format!("{GREET}\n{SHOUT}\n"));
+    let got = contextstore(&["get", "--db", db, RUN, SHOUT]);
+    assert_eq!(got.stdout, shout.stdout);
+}
+
+#[test]
+fn a_made_up_run_id_is_printed_on_stderr() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flow.db");
+    let out = contextstore(&[
+        "run",
+        components::GREET,
+        "--db",
+        db.to_str().unwrap(),
+        "--node",
+        GREET,
+    ]);
+    assert!(out.status.success());
+    let stderr = text(&out.stderr);
+    let run = stderr
+        .trim()
+        .strip_prefix("flow run: ")
+        .expect("run id line");
+    let got = contextstore(&["get", "--db", db.to_str().unwrap(), run, GREET]);
+    assert_eq!(got.stdout, out.stdout);
+}
+
+/// Runs the hostile step with `params` and returns its one error line.
+fn hostile_error(params: &str, extra: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("h.db");
+    let mut args = vec![
+        "run",
+        components::HOSTILE,
+        "--db",
+        db.to_str().unwrap(),
+        "--node",
+        GREET,
+        "--flow-run",
+        RUN,
+    ];
+    args.extend(["--params", params]);
+    args.extend(extra);
+    let out = contextstore(&args);
+    assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    stderr
+}
+
+#[test]
+fn hostile_steps_are_one_error_line_each() {
+    assert!(hostile_error(r#"{"mode":"loop"}"#, &["--timeout", "0.3"]).contains("timed out"));
+    assert!(hostile_error(r#"{"mode":"loop"}"#, &["--fuel", "100000"]).contains("out of fuel"));
+    assert!(
+        hostile_error(r#"{"mode":"memory-hog"}"#, &["--memory", "16777216"])
+            .contains("out of memory")
+    );
+    assert!(hostile_error(r#"{"mode":"ungranted-global"}"#, &[]).contains("access denied"));
+    assert!(hostile_error(r#"{"mode":"invalid-json"}"#, &[]).contains("invalid JSON"));
+    assert!(
+        hostile_error(r#"{"mode":"trap-after-put"}"#, &[])
+            .contains("trapping after a successful put")
+    );
+}
+
+#[test]
+fn a_second_run_of_a_finished_node_prints_the_stored_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("again.db");
+    let db = db.to_str().unwrap();
+    let first = contextstore(&[
+        "run",
+        components::GREET,
+        "--db",
+        db,
+        "--node",
+        GREET,
+        "--flow-run",
+        RUN,
+        "--params",
+        r#"{"name":"A"}"#,
+    ]);
+    let second = contextstore(&[
+        "run",
+        components::GREET,
+        "--db",
+        db,
+        "--node",
+        GREET,
+        "--flow-run",
+        RUN,
+        "--params",
+        r#"{"name":"B"}"#,
+    ]);
+    assert!(second.status.success());
+    assert_eq!(first.stdout, second.stdout);
+}
+
+#[test]
+fn bad_arguments_are_one_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("bad.db");
+    let db = db.to_str().unwrap();
+    for (args, expected) in [
+        (vec!["--params", "{oops"], "invalid JSON in --params"),
+        (vec!["--upstream", "no-equals-sign"], "expected NAME=UUID"),
+        (vec!["--upstream", "x=not-a-uuid"], "invalid --upstream"),
+        (vec!["--timeout=-1"], "invalid --timeout"),
+    ] {
+        let mut full = vec![
+            "run",
+            components::GREET,
+            "--db",
+            db,
+            "--node",
+            GREET,
+            "--flow-run",
+            RUN,
+        ];
+        full.extend(args);
+        let out = contextstore(&full);
+        assert_eq!(out.status.code(), Some(2));
+        let stderr = text(&out.stderr);
+        assert_eq!(stderr.lines().count(), 1, "{stderr}");
+        assert!(stderr.contains(expected), "{stderr}");
+    }
+    let not_a_component = contextstore(&[
+        "run",
+        "/etc/hostname",
+        "--db",
+        db,
+        "--node",
+        GREET,
+        "--flow-run",
+        RUN,
+    ]);
+    assert!(text(&not_a_component.stderr).contains("not a valid WebAssembly component"));
+}
