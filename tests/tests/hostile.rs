@@ -4,7 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use contextstore::runtime::{GuestFailure, GuestStoreError, LoadError};
+use contextstore::guest_store::GuestStoreError;
+use contextstore::runtime::{GuestFailure, LoadError};
 use contextstore::{
     ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepOutcome, StepStatus,
 };

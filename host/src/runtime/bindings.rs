@@ -11,8 +11,8 @@ pub use worldinterface::contextstore::types::{
     Invocation as WitInvocation, StepError as WitStepError, Upstream as WitUpstream,
 };
 
-use super::guest_store::GuestStoreError;
 use super::step_error::GuestFailure;
+use crate::guest_store::GuestStoreError;
 
 impl From<GuestStoreError> for WitStoreError {
     fn from(error: GuestStoreError) -> Self {

@@ -13,19 +13,18 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::grant::Grant;
+use crate::guest_store::GuestStore;
 use crate::json;
 use crate::limits::Limits;
 use crate::store::ContextStore;
 
 mod bindings;
 mod epoch;
-mod guest_store;
 mod invocation;
 mod memory;
 mod state;
 mod step_error;
 
-pub use guest_store::{GuestResult, GuestStore, GuestStoreError};
 pub use invocation::Invocation;
 pub use step_error::{GuestFailure, StepError};
 

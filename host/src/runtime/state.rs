@@ -7,8 +7,8 @@ use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 use super::bindings::WitStoreError;
 use super::bindings::worldinterface::contextstore::{store, types};
-use super::guest_store::GuestStore;
 use super::memory::MemoryLimiter;
+use crate::guest_store::GuestStore;
 
 /// Bytes of guest stderr kept for error reports.
 pub const STDERR_CAPTURE: usize = 16 * 1024;

@@ -2,8 +2,8 @@
 
 use std::time::Duration;
 
-use super::guest_store::GuestStoreError;
 use crate::error::ContextStoreError;
+use crate::guest_store::GuestStoreError;
 
 /// Why a step invocation failed. In every case the host and the store stay
 /// usable, and a write the guest committed before failing stays committed.
