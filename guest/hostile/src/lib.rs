@@ -22,7 +22,7 @@ use serde_json::{Map, Value, json};
 /// - `read-other-run`: `get` from run `target`, its own node id.
 /// - `ungranted-global`: `put_global("secret/key", 1)`.
 /// - `oversized-value`: writes its own output as a JSON string of `bytes`
-///   `x` characters (default 17 MiB).
+///   `x` characters (default 17 MiB; the JSON text is `bytes + 2` long).
 /// - `invalid-json`: writes its own output as the text `{not json`.
 /// - `invalid-id`: `put` under run id `not-a-uuid`.
 /// - `many-puts`: `put_global_raw("hostile/{i}", "1")` for i in 0..100 000,
@@ -151,8 +151,16 @@ fn ungranted_global(_: &Context, p: &Params) -> Result<(), StepError> {
 }
 
 fn oversized_value(ctx: &Context, p: &Params) -> Result<(), StepError> {
-    let huge = "x".repeat(p.bytes.unwrap_or(17 * 1024 * 1024));
-    refused(&p.mode, ctx.output(&huge))
+    // The JSON text `"xx…x"`, built at its exact size: serializing a String
+    // of that size with serde would need about three times the memory and
+    // could hit the host's memory cap before the store's size limit.
+    let bytes = p.bytes.unwrap_or(17 * 1024 * 1024);
+    let mut json = String::with_capacity(bytes + 2);
+    json.push('"');
+    json.extend(std::iter::repeat_n('x', bytes));
+    json.push('"');
+    let put = store::put_raw(ctx.flow_run_id(), ctx.node_id(), &json);
+    refused(&p.mode, put)
 }
 
 fn invalid_json(ctx: &Context, p: &Params) -> Result<(), StepError> {
