@@ -2,6 +2,8 @@
 #![warn(missing_docs)]
 
 pub mod error;
+#[cfg(feature = "runtime")]
+pub mod flow;
 pub mod grant;
 pub mod guest_store;
 pub mod id;

@@ -11,6 +11,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use contextstore::{ContextStore, SqliteContextStore};
 
+mod flow;
 mod inspect;
 mod run;
 
@@ -44,6 +45,9 @@ enum Command {
     /// Read and write globals.
     #[command(subcommand)]
     Global(inspect::GlobalCommand),
+    /// Run flows of steps from a TOML flow file, and show their status.
+    #[command(subcommand)]
+    Flow(flow::FlowCommand),
 }
 
 /// Where the SQLite database lives.
@@ -71,6 +75,7 @@ pub fn main() -> ExitCode {
         Command::Get(args) => inspect::get(args),
         Command::List(args) => inspect::list(args),
         Command::Global(command) => inspect::global(command),
+        Command::Flow(command) => flow::flow(command),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

@@ -1,0 +1,245 @@
+//! `contextstore flow run` and `contextstore flow status`.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use anyhow::bail;
+use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
+use contextstore::{FlowRunId, Runtime, StepStatus};
+use serde_json::{Map, Value, json};
+
+use super::{DbArgs, Outcome};
+
+/// `contextstore flow …`.
+#[derive(clap::Subcommand)]
+pub enum FlowCommand {
+    /// Run (or resume) a flow and print its outputs as JSON, by node name.
+    Run(RunArgs),
+    /// Show each node of a run: done, pending or failed.
+    Status(StatusArgs),
+}
+
+/// `contextstore flow run`.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    /// The flow file (TOML).
+    flow: PathBuf,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The run to resume; a new run id is made (and printed on stderr) when omitted.
+    #[arg(long, value_name = "UUID")]
+    run_id: Option<FlowRunId>,
+    /// Most nodes running at once (default: the number of cores).
+    #[arg(long, value_name = "N")]
+    jobs: Option<usize>,
+    /// Print one JSON line per node event on stderr (for scripts), instead
+    /// of the progress lines shown on a terminal.
+    #[arg(long)]
+    events: bool,
+}
+
+/// `contextstore flow status`.
+#[derive(clap::Args)]
+pub struct StatusArgs {
+    /// The flow file (TOML).
+    flow: PathBuf,
+    #[command(flatten)]
+    db: DbArgs,
+    /// The run.
+    #[arg(long, value_name = "UUID")]
+    run_id: FlowRunId,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs a `flow` subcommand.
+pub fn flow(command: FlowCommand) -> anyhow::Result<Outcome> {
+    match command {
+        FlowCommand::Run(args) => run(args),
+        FlowCommand::Status(args) => status(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<Outcome> {
+    let flow = flow::load(&args.flow)?;
+    let store = args.db.open()?;
+    let runtime = Runtime::new()?;
+    let run_id = args.run_id.unwrap_or_else(|| {
+        let id = FlowRunId::new();
+        eprintln!("flow run: {id}");
+        id
+    });
+    let jobs = args
+        .jobs
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let progress = Progress::new(args.events);
+    let on_event = |event: &FlowEvent<'_>| progress.show(event);
+    let report = flow::run(
+        &runtime,
+        &store,
+        &flow,
+        run_id,
+        &RunOptions {
+            jobs,
+            on_event: &on_event,
+        },
+    )?;
+
+    if let Some((node, error)) = report.failures().next() {
+        let blocked = report
+            .results
+            .iter()
+            .filter(|(_, r)| matches!(r, NodeResult::Blocked { .. }))
+            .count();
+        let others = report.failures().count() - 1;
+        let mut message = format!("node `{node}` failed: {error}");
+        if others > 0 {
+            message += &format!(" ({others} other node(s) failed too)");
+        }
+        if blocked > 0 {
+            message += &format!("; {blocked} dependent node(s) not run");
+        }
+        bail!(message);
+    }
+    let mut outputs = Map::new();
+    for (name, result) in &report.results {
+        if let NodeResult::Done { output, .. } = result {
+            outputs.insert(name.clone(), output.clone());
+        }
+    }
+    println!("{}", serde_json::to_string_pretty(&Value::Object(outputs))?);
+    Ok(Outcome::Done)
+}
+
+fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
+    let flow = flow::load(&args.flow)?;
+    let store = args.db.open()?;
+    let nodes = flow::status(store.as_ref(), &flow, args.run_id)?;
+    if args.json {
+        let rows: Vec<Value> = nodes
+            .iter()
+            .map(|n| {
+                let (state, error) = match &n.state {
+                    NodeState::Done => ("done", None),
+                    NodeState::Pending => ("pending", None),
+                    NodeState::Failed(error) => ("failed", Some(error)),
+                };
+                json!({"node": n.name, "node_id": n.node_id, "status": state, "output_bytes": n.output_bytes, "error": error})
+            })
+            .collect();
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&json!({"flow_run_id": args.run_id, "nodes": rows}))?
+        );
+    } else {
+        let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
+        println!(
+            "{:width$}  {:8}  {:>12}  detail",
+            "node", "status", "output bytes"
+        );
+        for n in &nodes {
+            let (state, detail) = match &n.state {
+                NodeState::Done => ("done", String::new()),
+                NodeState::Pending => ("pending", String::new()),
+                NodeState::Failed(error) => ("failed", error.clone()),
+            };
+            let bytes = n
+                .output_bytes
+                .map_or_else(|| "-".to_owned(), |b| b.to_string());
+            println!("{:width$}  {state:8}  {bytes:>12}  {detail}", n.name);
+        }
+    }
+    Ok(Outcome::Done)
+}
+
+/// Per-node lines on stderr: human lines on a terminal, JSON lines with
+/// `--events`, nothing otherwise.
+struct Progress {
+    mode: Mode,
+    /// Keeps lines from worker threads whole.
+    out: Mutex<()>,
+}
+
+enum Mode {
+    Quiet,
+    Human,
+    Events,
+}
+
+impl Progress {
+    fn new(events: bool) -> Self {
+        let mode = if events {
+            Mode::Events
+        } else if std::io::stderr().is_terminal() {
+            Mode::Human
+        } else {
+            Mode::Quiet
+        };
+        Self {
+            mode,
+            out: Mutex::new(()),
+        }
+    }
+
+    fn show(&self, event: &FlowEvent<'_>) {
+        let line = match self.mode {
+            Mode::Quiet => return,
+            Mode::Human => match event {
+                FlowEvent::Started { .. } => return,
+                FlowEvent::Finished {
+                    node,
+                    status: StepStatus::Ran,
+                    elapsed,
+                    ..
+                } => {
+                    format!("  done     {}  ({:.1?})", node.name, elapsed)
+                }
+                FlowEvent::Finished {
+                    node,
+                    status: StepStatus::AlreadyDone,
+                    ..
+                } => {
+                    format!("  skipped  {}  (already done)", node.name)
+                }
+                FlowEvent::Failed {
+                    node,
+                    error,
+                    elapsed,
+                } => format!("  FAILED   {}  ({:.1?}): {error}", node.name, elapsed),
+                FlowEvent::Blocked { node, by } => {
+                    format!("  blocked  {}  (upstream `{by}` failed)", node.name)
+                }
+            },
+            Mode::Events => match event {
+                FlowEvent::Started { node } => json!({"event": "started", "node": node.name}),
+                FlowEvent::Finished {
+                    node,
+                    status,
+                    output,
+                    elapsed,
+                } => json!({
+                    "event": "done",
+                    "node": node.name,
+                    "node_id": node.node_id,
+                    "ran": *status == StepStatus::Ran,
+                    "output": output,
+                    "ms": elapsed.as_secs_f64() * 1e3,
+                }),
+                FlowEvent::Failed { node, error, .. } => {
+                    json!({"event": "failed", "node": node.name, "error": error.to_string()})
+                }
+                FlowEvent::Blocked { node, by } => {
+                    json!({"event": "blocked", "node": node.name, "by": by})
+                }
+            }
+            .to_string(),
+        };
+        let _whole = self
+            .out
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        eprintln!("{line}");
+    }
+}

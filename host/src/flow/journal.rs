@@ -1,0 +1,47 @@
+//! The flow journal: why a node failed, kept in the store beside the
+//! outputs, so that `flow status` can tell failed nodes from pending ones.
+//!
+//! Failures are globals under [`JOURNAL_PREFIX`]
+//! (`contextstore.flow/<run id>/<node id>`), written by the host with
+//! `upsert_global`. A node whose output exists is done, whatever the journal
+//! says. Steps never see these keys unless a grant names the prefix.
+
+use serde_json::{Value, json};
+
+use crate::error::ContextStoreError;
+use crate::id::{FlowRunId, NodeId};
+use crate::store::ContextStore;
+
+/// The key prefix of journal entries among the globals.
+pub const JOURNAL_PREFIX: &str = "contextstore.flow/";
+
+fn key(run: FlowRunId, node: NodeId) -> String {
+    format!("{JOURNAL_PREFIX}{run}/{node}")
+}
+
+/// Records that `node` failed in `run`, and why.
+pub fn record_failure(
+    store: &dyn ContextStore,
+    run: FlowRunId,
+    node: NodeId,
+    error: &str,
+) -> Result<(), ContextStoreError> {
+    store.upsert_global(
+        &key(run, node),
+        &json!({ "status": "failed", "error": error }),
+    )
+}
+
+/// Why `node` last failed in `run`, if it did.
+pub fn failure(
+    store: &dyn ContextStore,
+    run: FlowRunId,
+    node: NodeId,
+) -> Result<Option<String>, ContextStoreError> {
+    Ok(store
+        .get_global(&key(run, node))?
+        .and_then(|entry| match entry.get("error") {
+            Some(Value::String(error)) => Some(error.clone()),
+            _ => None,
+        }))
+}
