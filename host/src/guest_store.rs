@@ -81,6 +81,7 @@ pub struct GuestStore {
     grant: Grant,
     limits: Limits,
     writes: u32,
+    lost_race: bool,
 }
 
 impl GuestStore {
@@ -99,6 +100,7 @@ impl GuestStore {
             grant,
             limits,
             writes: 0,
+            lost_race: false,
         }
     }
 
@@ -122,7 +124,18 @@ impl GuestStore {
             )));
         }
         let value = self.parse_value(value)?;
-        Ok(self.store.put(run, node, &value)?)
+        let result = self.store.put(run, node, &value);
+        if matches!(result, Err(ContextStoreError::AlreadyExists { .. })) {
+            self.lost_race = true;
+        }
+        Ok(result?)
+    }
+
+    /// Whether the guest's `put` of its own output found one already stored:
+    /// another invocation of the same node (another process resuming the
+    /// same run, say) finished first.
+    pub fn lost_race(&self) -> bool {
+        self.lost_race
     }
 
     /// `get`: any output of the invocation's own run.

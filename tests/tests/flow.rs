@@ -18,12 +18,20 @@ mod component_tests {
     pub(crate) use super::greet_then_shout as greet;
     pub(crate) use super::greet_then_shout as shout;
     pub(crate) use super::hostile_is_tested_in_hostile_rs as hostile;
+    pub(crate) use super::words_and_join_are_tested_in_flows_rs as words;
+    pub(crate) use super::words_and_join_are_tested_in_flows_rs as join;
 }
 
 /// `hostile` has its own test file, `hostile.rs`, with a test per mode.
 #[test]
 fn hostile_is_tested_in_hostile_rs() {
     assert!(std::path::Path::new(components::HOSTILE).exists());
+}
+
+/// `words` and `join` run in the diamond of `flows.rs`.
+#[test]
+fn words_and_join_are_tested_in_flows_rs() {
+    assert!(std::path::Path::new(components::WORDS).exists());
 }
 
 #[test]

@@ -257,6 +257,13 @@ impl Runtime {
         let wit_invocation = to_wit(invocation);
         let result = instance.call_run(&mut wasm, &wit_invocation);
         tracing::info!(elapsed = ?started.elapsed(), writes = wasm.data().guest.writes(), "step returned");
+        if result.as_ref().map_or(true, Result::is_err) && wasm.data().guest.lost_race() {
+            // Another invocation stored this node's output first: the node is done.
+            if let Some(output) = store.get(run_id, node_id)? {
+                tracing::info!("another invocation finished this node first");
+                return Ok(StepOutcome { output, status: StepStatus::AlreadyDone });
+            }
+        }
         match result {
             Err(error) => Err(classify(error, &wasm, limits)),
             Ok(Err(failure)) => Err(StepError::Failed(failure.into())),

@@ -138,16 +138,16 @@ impl SqliteContextStore {
     /// the writer for an in-memory store.
     fn read<T>(
         &self,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+        f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ContextStoreError> {
         let Some(pool) = &self.readers else {
-            return Ok(f(&lock(&self.writer))?);
+            return Ok(self.retry_busy(|| f(&lock(&self.writer)))?);
         };
         let conn = match lock(&pool.idle).pop() {
             Some(conn) => conn,
             None => pool.open(&self.options)?,
         };
-        let result = f(&conn);
+        let result = self.retry_busy(|| f(&conn));
         let mut idle = lock(&pool.idle);
         if idle.len() < self.options.readers {
             idle.push(conn);
@@ -155,18 +155,25 @@ impl SqliteContextStore {
         Ok(result?)
     }
 
-    /// Runs one write statement on the writer connection, retrying while
-    /// another process holds the database lock past the busy timeout.
+    /// Runs one write statement on the writer connection.
     fn write(
         &self,
         f: impl Fn(&Connection) -> rusqlite::Result<usize>,
     ) -> Result<usize, rusqlite::Error> {
         let conn = lock(&self.writer);
+        self.retry_busy(|| f(&conn))
+    }
+
+    /// Runs `f` again while the database is busy past the busy timeout (a
+    /// lock held long by another process, or WAL recovery after a crash),
+    /// up to [`SqliteOptions::busy_deadline`]. Each statement is atomic, so
+    /// a retry never applies anything twice.
+    fn retry_busy<T>(&self, f: impl Fn() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
         let started = std::time::Instant::now();
         loop {
-            match f(&conn) {
+            match f() {
                 Err(e) if is_busy(&e) && started.elapsed() < self.options.busy_deadline => {
-                    tracing::warn!("database busy, retrying write");
+                    tracing::warn!(error = %e, "database busy, retrying");
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 other => return other,

@@ -1,0 +1,431 @@
+//! Model-based property test of [`SqliteContextStore`].
+//!
+//! Random sequences of the six store operations, over a small pool of run
+//! ids, node ids and global keys (so that write-once collisions are common),
+//! interleaved with `Reopen` (drop the store and open its file again), run
+//! against the real store and against a plain in-memory model of the
+//! contract. Every result must agree: `Ok` values equal (`list_keys`
+//! compared sorted), errors of the same kind naming the same ids or key.
+//! After each sequence the whole state is compared once more, before and
+//! after a final reopen.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+
+use contextstore::{
+    ContextStore, ContextStoreError, Durability, FlowRunId, NodeId, SqliteContextStore,
+    SqliteOptions,
+};
+use proptest::prelude::*;
+use proptest::test_runner::FileFailurePersistence;
+use serde_json::{Map, Value};
+
+const RUNS: [&str; 2] = [
+    "00000000-0000-4000-8000-0000000000a1",
+    "00000000-0000-4000-8000-0000000000a2",
+];
+const NODES: [&str; 3] = [
+    "00000000-0000-4000-8000-0000000000b1",
+    "00000000-0000-4000-8000-0000000000b2",
+    "00000000-0000-4000-8000-0000000000b3",
+];
+const KEYS: [&str; 3] = ["", "a", "a/b"];
+
+fn run(i: usize) -> FlowRunId {
+    RUNS[i].parse().unwrap()
+}
+
+fn node(i: usize) -> NodeId {
+    NODES[i].parse().unwrap()
+}
+
+#[derive(Clone, Debug)]
+enum Op {
+    Put {
+        run: usize,
+        node: usize,
+        value: Value,
+    },
+    Get {
+        run: usize,
+        node: usize,
+    },
+    ListKeys {
+        run: usize,
+    },
+    PutGlobal {
+        key: usize,
+        value: Value,
+    },
+    UpsertGlobal {
+        key: usize,
+        value: Value,
+    },
+    GetGlobal {
+        key: usize,
+    },
+    /// Drop the store and open its file again (a no-op for an in-memory store).
+    Reopen,
+}
+
+/// What an operation answered, in a form both sides can be compared in.
+#[derive(Debug, PartialEq)]
+enum Outcome {
+    Done,
+    Value(Option<Value>),
+    /// Sorted.
+    Keys(Vec<NodeId>),
+    AlreadyExists(FlowRunId, NodeId),
+    GlobalAlreadyExists(String),
+    /// An error the contract never gives for these operations.
+    Unexpected(String),
+}
+
+impl Outcome {
+    fn of_unit(result: Result<(), ContextStoreError>) -> Self {
+        match result {
+            Ok(()) => Self::Done,
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    fn of_value(result: Result<Option<Value>, ContextStoreError>) -> Self {
+        match result {
+            Ok(v) => Self::Value(v),
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    fn of_keys(result: Result<Vec<NodeId>, ContextStoreError>) -> Self {
+        match result {
+            Ok(mut keys) => {
+                keys.sort();
+                Self::Keys(keys)
+            }
+            Err(e) => Self::of_error(e),
+        }
+    }
+
+    fn of_error(error: ContextStoreError) -> Self {
+        match error {
+            ContextStoreError::AlreadyExists {
+                flow_run_id,
+                node_id,
+            } => Self::AlreadyExists(flow_run_id, node_id),
+            ContextStoreError::GlobalAlreadyExists { key } => Self::GlobalAlreadyExists(key),
+            other => Self::Unexpected(other.to_string()),
+        }
+    }
+}
+
+/// The contract, in memory.
+#[derive(Default)]
+struct Model {
+    outputs: HashMap<(FlowRunId, NodeId), Value>,
+    globals: HashMap<String, Value>,
+}
+
+impl Model {
+    fn apply(&mut self, op: &Op) -> Outcome {
+        match op {
+            Op::Put {
+                run: r,
+                node: n,
+                value,
+            } => {
+                let (r, n) = (run(*r), node(*n));
+                if self.outputs.contains_key(&(r, n)) {
+                    Outcome::AlreadyExists(r, n)
+                } else {
+                    self.outputs.insert((r, n), value.clone());
+                    Outcome::Done
+                }
+            }
+            Op::Get { run: r, node: n } => {
+                Outcome::Value(self.outputs.get(&(run(*r), node(*n))).cloned())
+            }
+            Op::ListKeys { run: r } => {
+                let r = run(*r);
+                let mut keys: Vec<NodeId> = self
+                    .outputs
+                    .keys()
+                    .filter(|(run, _)| *run == r)
+                    .map(|(_, node)| *node)
+                    .collect();
+                keys.sort();
+                Outcome::Keys(keys)
+            }
+            Op::PutGlobal { key, value } => {
+                let key = KEYS[*key];
+                if self.globals.contains_key(key) {
+                    Outcome::GlobalAlreadyExists(key.to_owned())
+                } else {
+                    self.globals.insert(key.to_owned(), value.clone());
+                    Outcome::Done
+                }
+            }
+            Op::UpsertGlobal { key, value } => {
+                self.globals.insert(KEYS[*key].to_owned(), value.clone());
+                Outcome::Done
+            }
+            Op::GetGlobal { key } => Outcome::Value(self.globals.get(KEYS[*key]).cloned()),
+            Op::Reopen => Outcome::Done,
+        }
+    }
+}
+
+/// How the store under test is made and remade.
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    File(Durability),
+    Memory,
+}
+
+struct Subject {
+    backend: Backend,
+    path: PathBuf,
+    store: Option<SqliteContextStore>,
+}
+
+impl Subject {
+    fn new(backend: Backend, dir: &Path) -> Self {
+        let mut subject = Self {
+            backend,
+            path: dir.join("model.db"),
+            store: None,
+        };
+        subject.store = Some(subject.open());
+        subject
+    }
+
+    fn open(&self) -> SqliteContextStore {
+        match self.backend {
+            Backend::File(durability) => SqliteContextStore::open_with(
+                &self.path,
+                SqliteOptions {
+                    durability,
+                    ..Default::default()
+                },
+            )
+            .unwrap_or_else(|e| panic!("reopening {}: {e}", self.path.display())),
+            Backend::Memory => SqliteContextStore::in_memory().unwrap(),
+        }
+    }
+
+    fn reopen(&mut self) {
+        if let Backend::File(_) = self.backend {
+            // Close every connection before the file is opened again.
+            drop(self.store.take());
+            self.store = Some(self.open());
+        }
+    }
+
+    fn store(&self) -> &SqliteContextStore {
+        self.store.as_ref().expect("store is open")
+    }
+
+    fn apply(&mut self, op: &Op) -> Outcome {
+        let store = self.store();
+        match op {
+            Op::Put {
+                run: r,
+                node: n,
+                value,
+            } => Outcome::of_unit(store.put(run(*r), node(*n), value)),
+            Op::Get { run: r, node: n } => Outcome::of_value(store.get(run(*r), node(*n))),
+            Op::ListKeys { run: r } => Outcome::of_keys(store.list_keys(run(*r))),
+            Op::PutGlobal { key, value } => Outcome::of_unit(store.put_global(KEYS[*key], value)),
+            Op::UpsertGlobal { key, value } => {
+                Outcome::of_unit(store.upsert_global(KEYS[*key], value))
+            }
+            Op::GetGlobal { key } => Outcome::of_value(store.get_global(KEYS[*key])),
+            Op::Reopen => {
+                self.reopen();
+                Outcome::Done
+            }
+        }
+    }
+}
+
+/// Every read of the pool, on both sides, must agree.
+fn check_whole_state(model: &mut Model, subject: &mut Subject) -> Result<(), TestCaseError> {
+    let mut reads = Vec::new();
+    for r in 0..RUNS.len() {
+        reads.push(Op::ListKeys { run: r });
+        for n in 0..NODES.len() {
+            reads.push(Op::Get { run: r, node: n });
+        }
+    }
+    for key in 0..KEYS.len() {
+        reads.push(Op::GetGlobal { key });
+    }
+    for op in &reads {
+        let expected = model.apply(op);
+        let actual = subject.apply(op);
+        prop_assert_eq!(actual, expected, "final check {:?}", op);
+    }
+    Ok(())
+}
+
+fn run_sequence(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut model = Model::default();
+    let mut subject = Subject::new(backend, dir.path());
+    for (step, op) in ops.iter().enumerate() {
+        let expected = model.apply(op);
+        let actual = subject.apply(op);
+        prop_assert_eq!(actual, expected, "step {} of {:?}: {:?}", step, backend, op);
+    }
+    check_whole_state(&mut model, &mut subject)?;
+    subject.reopen();
+    check_whole_state(&mut model, &mut subject)?;
+    Ok(())
+}
+
+/// Small JSON values: a few scalars (including floats that are easy to get
+/// wrong) and shallow arrays and objects of them.
+fn value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        (-3i64..=3).prop_map(Value::from),
+        Just(Value::from(u64::MAX)),
+        Just(Value::from(i64::MIN)),
+        prop::sample::select(vec![0.5, -0.0, 0.1, 1e300, -1.5e-7, 123456.789])
+            .prop_map(Value::from),
+        prop::sample::select(vec!["", "x", "é", "\u{0}", "\"quoted\"", "🦀"]).prop_map(Value::from),
+    ];
+    leaf.prop_recursive(2, 8, 3, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..3).prop_map(Value::Array),
+            prop::collection::vec((prop::sample::select(vec!["", "k", "z"]), inner), 0..3)
+                .prop_map(|entries| {
+                    Value::Object(
+                        entries
+                            .into_iter()
+                            .map(|(k, v)| (k.to_owned(), v))
+                            .collect::<Map<String, Value>>(),
+                    )
+                }),
+        ]
+    })
+}
+
+fn op() -> impl Strategy<Value = Op> {
+    let run = 0..RUNS.len();
+    let node = 0..NODES.len();
+    let key = 0..KEYS.len();
+    prop_oneof![
+        4 => (run.clone(), node.clone(), value()).prop_map(|(run, node, value)| Op::Put { run, node, value }),
+        3 => (run.clone(), node).prop_map(|(run, node)| Op::Get { run, node }),
+        2 => run.prop_map(|run| Op::ListKeys { run }),
+        3 => (key.clone(), value()).prop_map(|(key, value)| Op::PutGlobal { key, value }),
+        3 => (key.clone(), value()).prop_map(|(key, value)| Op::UpsertGlobal { key, value }),
+        3 => key.prop_map(|key| Op::GetGlobal { key }),
+        1 => Just(Op::Reopen),
+    ]
+}
+
+fn ops() -> impl Strategy<Value = Vec<Op>> {
+    prop::collection::vec(op(), 1..60)
+}
+
+fn config(cases: u32) -> ProptestConfig {
+    ProptestConfig {
+        cases,
+        // Shrinking a failure needs few iterations here; keep a failing run short.
+        max_shrink_iters: 2_000,
+        failure_persistence: Some(Box::new(FileFailurePersistence::Off)),
+        ..ProptestConfig::default()
+    }
+}
+
+proptest! {
+    #![proptest_config(config(128))]
+
+    /// The default, fully durable file store agrees with the model.
+    #[test]
+    fn sqlite_file_full_durability_matches_model(ops in ops()) {
+        run_sequence(Backend::File(Durability::Full), &ops)?;
+    }
+
+    /// `Durability::Normal` changes when commits reach the disk, never what they mean.
+    #[test]
+    fn sqlite_file_normal_durability_matches_model(ops in ops()) {
+        run_sequence(Backend::File(Durability::Normal), &ops)?;
+    }
+
+    /// The in-memory store (reads through the writer connection) agrees too;
+    /// `Reopen` is a no-op for it.
+    #[test]
+    fn sqlite_in_memory_matches_model(ops in ops()) {
+        run_sequence(Backend::Memory, &ops)?;
+    }
+}
+
+/// A fixed sequence through every collision the contract names, so that the
+/// interesting paths run even if the random sequences happen to miss them.
+#[test]
+fn fixed_sequence_with_every_collision() {
+    use serde_json::json;
+    let ops = vec![
+        Op::Put {
+            run: 0,
+            node: 0,
+            value: json!({"a": [1, 2.5]}),
+        },
+        Op::Put {
+            run: 0,
+            node: 0,
+            value: json!("second"),
+        },
+        Op::Put {
+            run: 1,
+            node: 0,
+            value: json!(null),
+        },
+        Op::ListKeys { run: 0 },
+        Op::Reopen,
+        Op::Put {
+            run: 0,
+            node: 0,
+            value: json!("after reopen"),
+        },
+        Op::Get { run: 0, node: 0 },
+        Op::UpsertGlobal {
+            key: 0,
+            value: json!(1),
+        },
+        Op::PutGlobal {
+            key: 0,
+            value: json!(2),
+        },
+        Op::PutGlobal {
+            key: 1,
+            value: json!(3),
+        },
+        Op::PutGlobal {
+            key: 1,
+            value: json!(4),
+        },
+        Op::UpsertGlobal {
+            key: 1,
+            value: json!(5),
+        },
+        Op::Reopen,
+        Op::GetGlobal { key: 0 },
+        Op::GetGlobal { key: 1 },
+        Op::GetGlobal { key: 2 },
+        Op::PutGlobal {
+            key: 0,
+            value: json!(6),
+        },
+    ];
+    for backend in [
+        Backend::File(Durability::Full),
+        Backend::File(Durability::Normal),
+        Backend::Memory,
+    ] {
+        run_sequence(backend, &ops).unwrap();
+    }
+}
