@@ -6,10 +6,10 @@ use std::sync::Mutex;
 
 use anyhow::bail;
 use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
-use contextstore::{FlowRunId, Runtime, StepStatus};
+use contextstore::{FlowRunId, StepStatus};
 use serde_json::{Map, Value, json};
 
-use super::{DbArgs, Outcome};
+use super::{DbArgs, Outcome, RuntimeArgs};
 
 /// `contextstore flow …`.
 #[derive(clap::Subcommand)]
@@ -27,6 +27,8 @@ pub struct RunArgs {
     flow: PathBuf,
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// The run to resume; a new run id is made (and printed on stderr) when omitted.
     #[arg(long, value_name = "UUID")]
     run_id: Option<FlowRunId>,
@@ -65,7 +67,7 @@ pub fn flow(command: FlowCommand) -> anyhow::Result<Outcome> {
 fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let flow = flow::load(&args.flow)?;
     let store = args.db.open()?;
-    let runtime = Runtime::new()?;
+    let runtime = args.runtime.start()?;
     let run_id = args.run_id.unwrap_or_else(|| {
         let id = FlowRunId::new();
         eprintln!("flow run: {id}");

@@ -66,6 +66,30 @@ impl DbArgs {
     }
 }
 
+/// How the sandbox caches compiled components.
+#[derive(clap::Args)]
+pub struct RuntimeArgs {
+    /// Where compiled components are cached (default: ~/.cache/contextstore/compiled).
+    #[arg(long, value_name = "DIR", conflicts_with = "no_cache")]
+    cache_dir: Option<PathBuf>,
+    /// Compile components every time; write no cache.
+    #[arg(long)]
+    no_cache: bool,
+}
+
+impl RuntimeArgs {
+    /// Starts the runtime.
+    pub fn start(&self) -> anyhow::Result<contextstore::Runtime> {
+        let mut config = contextstore::runtime::RuntimeConfig::default();
+        if self.no_cache {
+            config.cache_dir = None;
+        } else if let Some(dir) = &self.cache_dir {
+            config.cache_dir = Some(dir.clone());
+        }
+        Ok(contextstore::Runtime::with_config(config)?)
+    }
+}
+
 /// Parses the command line, runs it and maps the result to an exit code.
 pub fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -4,9 +4,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, bail};
-use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId, Runtime};
+use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId};
 
-use super::{DbArgs, Outcome, parse_json, print_json};
+use super::{DbArgs, Outcome, RuntimeArgs, parse_json, print_json};
 
 /// `contextstore run`.
 #[derive(clap::Args)]
@@ -15,6 +15,8 @@ pub struct RunArgs {
     component: PathBuf,
     #[command(flatten)]
     db: DbArgs,
+    #[command(flatten)]
+    runtime: RuntimeArgs,
     /// The node id of this step (hyphenated UUID).
     #[arg(long, value_name = "UUID")]
     node: NodeId,
@@ -72,7 +74,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     }
 
     let store = args.db.open()?;
-    let runtime = Runtime::new()?;
+    let runtime = args.runtime.start()?;
     let component = runtime.load_file(&args.component)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
     print_json(&outcome.output)?;

@@ -19,16 +19,19 @@ use crate::limits::Limits;
 use crate::store::ContextStore;
 
 mod bindings;
+mod cache;
 mod epoch;
 mod invocation;
 mod memory;
 mod state;
 mod step_error;
 
+pub use cache::CodeCache;
 pub use invocation::Invocation;
 pub use step_error::{GuestFailure, StepError};
 
 use bindings::{StepPre, WitInvocation, WitUpstream};
+use cache::Lookup;
 use epoch::EpochTicker;
 use memory::MemoryLimiter;
 use state::{STDERR_CAPTURE, StepState};
@@ -61,6 +64,29 @@ pub enum LoadError {
         /// What is missing or mismatched.
         reason: String,
     },
+}
+
+/// How to make a [`Runtime`].
+#[derive(Clone, Debug)]
+pub struct RuntimeConfig {
+    /// Where compiled components are cached on disk; `None` turns the cache
+    /// off. Default: [`CodeCache::default_dir`] (`~/.cache/contextstore/compiled`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            cache_dir: CodeCache::default_dir(),
+        }
+    }
+}
+
+impl RuntimeConfig {
+    /// No on-disk cache: every process compiles its components.
+    pub fn without_cache() -> Self {
+        Self { cache_dir: None }
+    }
 }
 
 /// Why a [`Runtime`] could not be made.
@@ -115,13 +141,22 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StepState>,
     compiled: Mutex<HashMap<blake3::Hash, StepComponent>>,
+    cache: Option<CodeCache>,
     _ticker: EpochTicker,
 }
 
 impl Runtime {
-    /// A runtime with epoch interruption and fuel metering on, and WASI
-    /// linked with nothing opened.
+    /// A runtime with the default configuration (compiled code cached in
+    /// the user's cache directory). See [`with_config`](Self::with_config).
     pub fn new() -> Result<Self, RuntimeError> {
+        Self::with_config(RuntimeConfig::default())
+    }
+
+    /// A runtime with epoch interruption and fuel metering on, and WASI
+    /// linked with nothing opened. A cache directory that cannot be used is
+    /// logged and the runtime works without it.
+    pub fn with_config(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let cache_dir = config.cache_dir;
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
@@ -133,10 +168,18 @@ impl Runtime {
         bindings::Step::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
             .map_err(|e| RuntimeError(format!("{e:#}")))?;
         let ticker = EpochTicker::start(engine.clone()).map_err(|e| RuntimeError(e.to_string()))?;
+        let cache = cache_dir.and_then(|dir| match CodeCache::open(&dir, &engine) {
+            Ok(cache) => Some(cache),
+            Err(error) => {
+                tracing::warn!(dir = %dir.display(), %error, "compiled-code cache unavailable; compiling every time");
+                None
+            }
+        });
         Ok(Self {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            cache,
             _ticker: ticker,
         })
     }
@@ -174,10 +217,22 @@ impl Runtime {
             return Ok(found.clone());
         }
         let started = Instant::now();
-        let component = Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
-            name: name.to_owned(),
-            reason: format!("{e:#}"),
-        })?;
+        let component = match self.cache.as_ref().map(|c| c.get(&self.engine, &hash)) {
+            Some(Lookup::Hit(component)) => component,
+            _ => {
+                let component =
+                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+                        name: name.to_owned(),
+                        reason: format!("{e:#}"),
+                    })?;
+                if let Some(cache) = &self.cache {
+                    if let Err(error) = cache.put(&hash, &component) {
+                        tracing::warn!(name, %error, "could not write the compiled-code cache");
+                    }
+                }
+                component
+            }
+        };
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             name: name.to_owned(),
             reason: format!("{e:#}"),
@@ -187,7 +242,7 @@ impl Runtime {
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = StepPre::new(instance_pre).map_err(wrong_world)?;
-        tracing::info!(name, bytes = bytes.len(), elapsed = ?started.elapsed(), "compiled component");
+        tracing::info!(name, bytes = bytes.len(), elapsed = ?started.elapsed(), "loaded component");
         let loaded = StepComponent {
             name: name.into(),
             pre,
@@ -261,7 +316,10 @@ impl Runtime {
             // Another invocation stored this node's output first: the node is done.
             if let Some(output) = store.get(run_id, node_id)? {
                 tracing::info!("another invocation finished this node first");
-                return Ok(StepOutcome { output, status: StepStatus::AlreadyDone });
+                return Ok(StepOutcome {
+                    output,
+                    status: StepStatus::AlreadyDone,
+                });
             }
         }
         match result {
