@@ -11,6 +11,20 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// A component built by `guest/build-all.sh` (Python, JavaScript and C
+/// steps) into `target/components/`.
+pub fn language_component(file: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../target/components")
+        .join(file);
+    assert!(
+        path.exists(),
+        "{} is missing: build the Python, JavaScript and C steps with guest/build-all.sh (scripts/test does)",
+        path.display()
+    );
+    path.to_string_lossy().into_owned()
+}
+
 /// One runtime for the whole test binary, as a host process would have.
 pub fn runtime() -> &'static Runtime {
     static RUNTIME: OnceLock<Runtime> = OnceLock::new();

@@ -141,6 +141,8 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<StepState>,
     compiled: Mutex<HashMap<blake3::Hash, StepComponent>>,
+    /// Held while compiling, so that each component is compiled once.
+    compiling: Mutex<()>,
     cache: Option<CodeCache>,
     _ticker: EpochTicker,
 }
@@ -179,6 +181,7 @@ impl Runtime {
             engine,
             linker,
             compiled: Mutex::new(HashMap::new()),
+            compiling: Mutex::new(()),
             cache,
             _ticker: ticker,
         })
@@ -208,13 +211,21 @@ impl Runtime {
     /// the first compilation.
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
         let hash = blake3::hash(bytes);
-        if let Some(found) = self
-            .compiled
+        let lookup = || {
+            let compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+            compiled.get(&hash).cloned()
+        };
+        if let Some(found) = lookup() {
+            return Ok(found);
+        }
+        // One compilation at a time: a second thread loading the same bytes
+        // waits and takes the first one's result instead of compiling again.
+        let _compiling = self
+            .compiling
             .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .get(&hash)
-        {
-            return Ok(found.clone());
+            .unwrap_or_else(PoisonError::into_inner);
+        if let Some(found) = lookup() {
+            return Ok(found);
         }
         let started = Instant::now();
         let component = match self.cache.as_ref().map(|c| c.get(&self.engine, &hash)) {
