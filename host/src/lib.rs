@@ -1,4 +1,39 @@
-//! contextstore
+//! A durable, write-once context store for flow engines, and the sandbox
+//! that runs flow steps as WebAssembly components against it.
+//!
+//! - [`ContextStore`]: the contract. Node outputs keyed by
+//!   `(FlowRunId, NodeId)` and written once; globals beside them.
+//! - [`SqliteContextStore`]: the embedded SQLite backend (WAL, durable
+//!   commits, readers that never wait behind the writer).
+//! - [`Runtime`]: compiles step components once (with an on-disk cache) and
+//!   runs each invocation in a fresh wasmtime instance under a [`Grant`]
+//!   (deny by default) and [`Limits`] (time, memory, fuel, value size,
+//!   writes). Every store call a guest makes goes through
+//!   [`guest_store::GuestStore`].
+//! - [`flow`]: flow files, a parallel, resumable runner, and run status.
+//!
+//! # Embedding
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use contextstore::{ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, Runtime, SqliteContextStore};
+//! use serde_json::json;
+//!
+//! # fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::open("flows.db")?);
+//! let runtime = Runtime::new()?;
+//! let greet = runtime.load_file("greet.wasm")?;
+//!
+//! let run = FlowRunId::new();
+//! let invocation = Invocation::new(run, NodeId::new()).with_params(json!({"name": "Ada"}));
+//! let outcome = runtime.run(&greet, &store, &invocation, &Grant::default(), &Limits::default())?;
+//! assert_eq!(outcome.output, json!({"greeting": "Hello, Ada!"}));
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! The store alone, without wasmtime, is available with
+//! `default-features = false`.
 #![warn(missing_docs)]
 
 pub mod error;
