@@ -134,11 +134,11 @@ impl Model {
                 value,
             } => {
                 let (r, n) = (run(*r), node(*n));
-                if self.outputs.contains_key(&(r, n)) {
-                    Outcome::AlreadyExists(r, n)
-                } else {
-                    self.outputs.insert((r, n), value.clone());
+                if let std::collections::hash_map::Entry::Vacant(e) = self.outputs.entry((r, n)) {
+                    e.insert(value.clone());
                     Outcome::Done
+                } else {
+                    Outcome::AlreadyExists(r, n)
                 }
             }
             Op::Get { run: r, node: n } => {

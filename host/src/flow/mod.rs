@@ -87,10 +87,10 @@ impl Flow {
         let mut colour = vec![0u8; self.nodes.len()];
         let mut path = Vec::new();
         for start in 0..self.nodes.len() {
-            if colour[start] == 0 {
-                if let Some(cycle) = self.visit(start, &mut colour, &mut path) {
-                    return Some(cycle);
-                }
+            if colour[start] == 0
+                && let Some(cycle) = self.visit(start, &mut colour, &mut path)
+            {
+                return Some(cycle);
             }
         }
         None
@@ -107,10 +107,10 @@ impl Flow {
                 cycle.reverse();
                 return Some(cycle);
             }
-            if colour[u] == 0 {
-                if let Some(cycle) = self.visit(u, colour, path) {
-                    return Some(cycle);
-                }
+            if colour[u] == 0
+                && let Some(cycle) = self.visit(u, colour, path)
+            {
+                return Some(cycle);
             }
         }
         path.pop();

@@ -128,10 +128,10 @@ impl CodeCache {
 /// Reads the cache's secret key, creating it (owner-only) on first use.
 fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
     let path = dir.join("mac.key");
-    if let Ok(bytes) = std::fs::read(&path) {
-        if let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice()) {
-            return Ok(key);
-        }
+    if let Ok(bytes) = std::fs::read(&path)
+        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
+    {
+        return Ok(key);
     }
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());

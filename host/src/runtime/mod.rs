@@ -236,10 +236,10 @@ impl Runtime {
                         name: name.to_owned(),
                         reason: format!("{e:#}"),
                     })?;
-                if let Some(cache) = &self.cache {
-                    if let Err(error) = cache.put(&hash, &component) {
-                        tracing::warn!(name, %error, "could not write the compiled-code cache");
-                    }
+                if let Some(cache) = &self.cache
+                    && let Err(error) = cache.put(&hash, &component)
+                {
+                    tracing::warn!(name, %error, "could not write the compiled-code cache");
                 }
                 component
             }

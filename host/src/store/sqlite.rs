@@ -436,6 +436,48 @@ mod tests {
     }
 
     #[test]
+    fn an_unwritable_location_is_a_clear_error() {
+        // /proc refuses new files even to root, unlike a chmod-ed directory.
+        let err = SqliteContextStore::open("/proc/contextstore-test/ctx.db")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("cannot open /proc/contextstore-test/ctx.db"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn a_truncated_database_is_a_clear_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cut.db");
+        {
+            let store = SqliteContextStore::open(&path).unwrap();
+            for i in 0..200 {
+                store
+                    .put_global(&format!("k{i}"), &json!("x".repeat(100)))
+                    .unwrap();
+            }
+        }
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        let _ = std::fs::remove_file(dir.path().join("cut.db-wal"));
+        // Either open fails cleanly, or reading the damaged pages does.
+        match SqliteContextStore::open(&path) {
+            Err(e) => assert!(e.to_string().contains("cut.db"), "{e}"),
+            Ok(store) => {
+                let reads: Vec<_> = (0..200)
+                    .map(|i| store.get_global(&format!("k{i}")))
+                    .collect();
+                assert!(
+                    reads.iter().any(Result::is_err),
+                    "a truncated file read back whole"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn opening_garbage_is_a_clear_error() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("junk.db");
