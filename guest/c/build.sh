@@ -95,8 +95,8 @@ build() {
         -I "$gen" -I "$here" \
         "$src" "$here/json.c" "$gen/step.c" "$gen/step_component_type.o" \
         -fuse-ld="$component_ld" -Wl,--strip-debug \
-        -o "$out.tmp"
-    mv "$out.tmp" "$out"
+        -o "$root/target/guest-c/$2"
+    mv "$root/target/guest-c/$2" "$out"
 }
 
 build count.c c-count.wasm
