@@ -54,7 +54,9 @@ fi
 
 if [[ "$("$wit_bindgen" --version 2>/dev/null)" != "wit-bindgen-cli $WIT_BINDGEN_VERSION" ]]; then
     echo "installing wit-bindgen-cli $WIT_BINDGEN_VERSION into $tools"
-    cargo install --locked --root "$tools" wit-bindgen-cli --version "$WIT_BINDGEN_VERSION"
+    # Only the C generator is needed; the default features build every language's.
+    cargo install --locked --root "$tools" wit-bindgen-cli --version "$WIT_BINDGEN_VERSION" \
+        --no-default-features --features c
 fi
 
 # True when $1 is missing or older than any of the other files.
