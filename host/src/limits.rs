@@ -21,7 +21,7 @@ pub struct Limits {
     /// Enforced by epoch interruption with a resolution of the runtime's
     /// epoch tick (10 ms).
     pub timeout: Duration,
-    /// Largest total linear memory of the guest, in bytes.
+    /// Largest linear memory of the guest, in bytes: all its memories together.
     pub memory_bytes: usize,
     /// Instructions budget in wasmtime fuel units (about one per wasm
     /// instruction), or `None` for no budget.
@@ -31,7 +31,9 @@ pub struct Limits {
     /// Most write calls (`put`, `put-global`, `upsert-global`, refused ones
     /// included) in one invocation.
     pub max_writes: u32,
-    /// Deepest nesting of arrays and objects in a value written by the guest.
+    /// Deepest nesting of arrays and objects in a value written by the guest,
+    /// counted in the text as sent (containers that a duplicate key would
+    /// discard count too).
     pub max_json_depth: usize,
 }
 

@@ -12,6 +12,22 @@ fn contextstore(args: &[&str]) -> Output {
         .expect("runs")
 }
 
+/// `contextstore run COMPONENT --db DB --node NODE --flow-run RUN EXTRA…`.
+fn run_step(component: &str, db: &str, node: &str, extra: &[&str]) -> Output {
+    let mut args = vec![
+        "run",
+        component,
+        "--db",
+        db,
+        "--node",
+        node,
+        "--flow-run",
+        RUN,
+    ];
+    args.extend(extra);
+    contextstore(&args)
+}
+
 fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
@@ -25,35 +41,18 @@ fn the_tiny_flow_runs_from_the_command_line() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("flow.db");
     let db = db.to_str().unwrap();
-    let greet = contextstore(&[
-        "run",
+    let greet = run_step(
         components::GREET,
-        "--db",
         db,
-        "--node",
         GREET,
-        "--flow-run",
-        RUN,
-        "--params",
-        r#"{"name":"Ada"}"#,
-    ]);
+        &["--params", r#"{"name":"Ada"}"#],
+    );
     assert!(greet.status.success(), "{}", text(&greet.stderr));
     assert_eq!(text(&greet.stdout), "{\"greeting\":\"Hello, Ada!\"}\n");
     assert!(greet.stderr.is_empty(), "a given run id is not printed");
 
     let upstream = format!("greet={GREET}");
-    let shout = contextstore(&[
-        "run",
-        components::SHOUT,
-        "--db",
-        db,
-        "--node",
-        SHOUT,
-        "--flow-run",
-        RUN,
-        "--upstream",
-        &upstream,
-    ]);
+    let shout = run_step(components::SHOUT, db, SHOUT, &["--upstream", &upstream]);
     assert!(shout.status.success(), "{}", text(&shout.stderr));
     assert_eq!(
         text(&shout.stdout),
@@ -92,19 +91,9 @@ fn a_made_up_run_id_is_printed_on_stderr() {
 fn hostile_error(params: &str, extra: &[&str]) -> String {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("h.db");
-    let mut args = vec![
-        "run",
-        components::HOSTILE,
-        "--db",
-        db.to_str().unwrap(),
-        "--node",
-        GREET,
-        "--flow-run",
-        RUN,
-    ];
-    args.extend(["--params", params]);
+    let mut args = vec!["--params", params];
     args.extend(extra);
-    let out = contextstore(&args);
+    let out = run_step(components::HOSTILE, db.to_str().unwrap(), GREET, &args);
     assert_eq!(out.status.code(), Some(2), "stdout: {}", text(&out.stdout));
     let stderr = text(&out.stderr);
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
@@ -133,30 +122,18 @@ fn a_second_run_of_a_finished_node_prints_the_stored_output() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("again.db");
     let db = db.to_str().unwrap();
-    let first = contextstore(&[
-        "run",
+    let first = run_step(
         components::GREET,
-        "--db",
         db,
-        "--node",
         GREET,
-        "--flow-run",
-        RUN,
-        "--params",
-        r#"{"name":"A"}"#,
-    ]);
-    let second = contextstore(&[
-        "run",
+        &["--params", r#"{"name":"A"}"#],
+    );
+    let second = run_step(
         components::GREET,
-        "--db",
         db,
-        "--node",
         GREET,
-        "--flow-run",
-        RUN,
-        "--params",
-        r#"{"name":"B"}"#,
-    ]);
+        &["--params", r#"{"name":"B"}"#],
+    );
     assert!(second.status.success());
     assert_eq!(first.stdout, second.stdout);
 }
@@ -172,32 +149,12 @@ fn bad_arguments_are_one_error_line() {
         (vec!["--upstream", "x=not-a-uuid"], "invalid --upstream"),
         (vec!["--timeout=-1"], "invalid --timeout"),
     ] {
-        let mut full = vec![
-            "run",
-            components::GREET,
-            "--db",
-            db,
-            "--node",
-            GREET,
-            "--flow-run",
-            RUN,
-        ];
-        full.extend(args);
-        let out = contextstore(&full);
+        let out = run_step(components::GREET, db, GREET, &args);
         assert_eq!(out.status.code(), Some(2));
         let stderr = text(&out.stderr);
         assert_eq!(stderr.lines().count(), 1, "{stderr}");
         assert!(stderr.contains(expected), "{stderr}");
     }
-    let not_a_component = contextstore(&[
-        "run",
-        "/etc/hostname",
-        "--db",
-        db,
-        "--node",
-        GREET,
-        "--flow-run",
-        RUN,
-    ]);
+    let not_a_component = run_step("/etc/hostname", db, GREET, &[]);
     assert!(text(&not_a_component.stderr).contains("not a valid WebAssembly component"));
 }
