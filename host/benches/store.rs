@@ -16,15 +16,21 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contextstore::{ContextStore, Durability, FlowRunId, NodeId, SqliteContextStore, SqliteOptions};
+use contextstore::{
+    ContextStore, Durability, FlowRunId, NodeId, SqliteContextStore, SqliteOptions,
+};
 use serde_json::json;
 
 const PUTS: usize = 500;
 const READS: usize = 2_000;
 
 fn open(dir: &std::path::Path, durability: Durability) -> SqliteContextStore {
-    let options = SqliteOptions { durability, ..SqliteOptions::default() };
-    SqliteContextStore::open_with(dir.join(format!("{durability:?}.db")), options).expect("store opens")
+    let options = SqliteOptions {
+        durability,
+        ..SqliteOptions::default()
+    };
+    SqliteContextStore::open_with(dir.join(format!("{durability:?}.db")), options)
+        .expect("store opens")
 }
 
 fn puts_per_second(store: &SqliteContextStore) -> f64 {
@@ -39,7 +45,10 @@ fn puts_per_second(store: &SqliteContextStore) -> f64 {
 
 /// p50 and p99 latency of `get` while a writer thread puts continuously;
 /// `one_lock` serialises every call behind one mutex, as the original did.
-fn read_latency_under_writes(store: Arc<SqliteContextStore>, one_lock: bool) -> (Duration, Duration) {
+fn read_latency_under_writes(
+    store: Arc<SqliteContextStore>,
+    one_lock: bool,
+) -> (Duration, Duration) {
     let lock = Arc::new(Mutex::new(()));
     let run = FlowRunId::new();
     let node = NodeId::new();

@@ -39,13 +39,21 @@ impl ResourceLimiter for MemoryLimiter {
         desired: usize,
         maximum: Option<usize>,
     ) -> wasmtime::Result<bool> {
-        let total = self.total_bytes.saturating_sub(current).saturating_add(desired);
+        let total = self
+            .total_bytes
+            .saturating_sub(current)
+            .saturating_add(desired);
         let allowed = total <= self.limit_bytes && maximum.is_none_or(|max| desired <= max);
         if allowed {
             self.total_bytes = total;
         } else {
             self.hit = true;
-            tracing::debug!(desired, total, limit = self.limit_bytes, "refused memory growth");
+            tracing::debug!(
+                desired,
+                total,
+                limit = self.limit_bytes,
+                "refused memory growth"
+            );
         }
         Ok(allowed)
     }
@@ -68,10 +76,16 @@ mod tests {
     fn the_cap_covers_all_memories_together() {
         let mut limiter = MemoryLimiter::new(100);
         assert!(limiter.memory_growing(0, 60, None).unwrap());
-        assert!(!limiter.memory_growing(0, 60, None).unwrap(), "second memory over the total");
+        assert!(
+            !limiter.memory_growing(0, 60, None).unwrap(),
+            "second memory over the total"
+        );
         assert!(limiter.hit());
         assert!(limiter.memory_growing(0, 40, None).unwrap());
-        assert!(limiter.memory_growing(40, 40, None).unwrap(), "no growth is always fine");
+        assert!(
+            limiter.memory_growing(40, 40, None).unwrap(),
+            "no growth is always fine"
+        );
         assert!(!limiter.memory_growing(60, 61, None).unwrap());
     }
 
