@@ -173,7 +173,7 @@ impl SqliteContextStore {
         loop {
             match f() {
                 Err(e) if is_busy(&e) && started.elapsed() < self.options.busy_deadline => {
-                    tracing::warn!(error = %e, "database busy, retrying");
+                    tracing::debug!(error = %e, "database busy, retrying");
                     std::thread::sleep(Duration::from_millis(10));
                 }
                 other => return other,
