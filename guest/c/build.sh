@@ -59,16 +59,8 @@ if [[ "$("$wit_bindgen" --version 2>/dev/null)" != "wit-bindgen-cli $WIT_BINDGEN
         --no-default-features --features c
 fi
 
-# True when $1 is missing or older than any of the other files.
-stale() {
-    local out="$1" input
-    shift
-    [[ -f "$out" ]] || return 0
-    for input in "$@"; do
-        [[ "$input" -nt "$out" ]] && return 0
-    done
-    return 1
-}
+# shellcheck source=../stale.sh
+source "$root/guest/stale.sh"
 
 # The bindings (step.h, step.c, step_component_type.o) are generated from the
 # WIT, so they always match it.

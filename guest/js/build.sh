@@ -21,16 +21,8 @@ if [[ ! -x "$jco" || "$here/package-lock.json" -nt "$here/node_modules/.package-
     (cd "$here" && npm ci --no-audit --no-fund)
 fi
 
-# True when $1 is missing or older than any of the other files.
-stale() {
-    local out="$1" input
-    shift
-    [[ -f "$out" ]] || return 0
-    for input in "$@"; do
-        [[ "$input" -nt "$out" ]] && return 0
-    done
-    return 1
-}
+# shellcheck source=../stale.sh
+source "$root/guest/stale.sh"
 
 # build SOURCE COMPONENT: componentizes guest/js/SOURCE.
 #

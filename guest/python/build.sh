@@ -25,16 +25,8 @@ if [[ "$("$tool" --version 2>/dev/null)" != "componentize-py $COMPONENTIZE_PY_VE
         "componentize-py==$COMPONENTIZE_PY_VERSION"
 fi
 
-# True when $1 is missing or older than any of the other files.
-stale() {
-    local out="$1" input
-    shift
-    [[ -f "$out" ]] || return 0
-    for input in "$@"; do
-        [[ "$input" -nt "$out" ]] && return 0
-    done
-    return 1
-}
+# shellcheck source=../stale.sh
+source "$root/guest/stale.sh"
 
 # build MODULE COMPONENT: componentizes guest/python/MODULE.py.
 #
