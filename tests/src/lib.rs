@@ -4,7 +4,10 @@
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use contextstore::{ContextStore, Runtime, SqliteContextStore, StepComponent};
+use contextstore::{
+    ContextStore, Grant, Invocation, Limits, Runtime, SqliteContextStore, StepComponent, StepError,
+    StepOutcome,
+};
 
 /// Paths of the Rust guest components, built for wasm32-wasip2 by `build.rs`.
 pub mod components {
@@ -34,6 +37,29 @@ pub fn runtime() -> &'static Runtime {
 /// Loads a component by path (compiled once per runtime).
 pub fn load(path: &str) -> StepComponent {
     runtime().load_file(path).expect("component loads")
+}
+
+/// Runs `component` on the shared runtime with the default grant and limits.
+pub fn run_default(
+    component: &StepComponent,
+    store: &Arc<dyn ContextStore>,
+    invocation: &Invocation,
+) -> Result<StepOutcome, StepError> {
+    runtime().run(
+        component,
+        store,
+        invocation,
+        &Grant::default(),
+        &Limits::default(),
+    )
+}
+
+/// Runs the `contextstore` binary with `args` and waits for it.
+pub fn cli(args: &[&str]) -> std::process::Output {
+    std::process::Command::new(cli_binary())
+        .args(args)
+        .output()
+        .expect("contextstore runs")
 }
 
 /// A fresh SQLite store in a temporary directory, with the directory.

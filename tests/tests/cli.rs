@@ -1,16 +1,9 @@
 //! `contextstore run` as a process, with real components: the tiny flow,
 //! made-up run ids, and one-line errors for hostile steps and bad input.
 
-use std::process::{Command, Output};
+use std::process::Output;
 
-use contextstore_tests::{cli_binary, components};
-
-fn contextstore(args: &[&str]) -> Output {
-    Command::new(cli_binary())
-        .args(args)
-        .output()
-        .expect("runs")
-}
+use contextstore_tests::{cli, components};
 
 /// `contextstore run COMPONENT --db DB --node NODE --flow-run RUN EXTRA…`.
 fn run_step(component: &str, db: &str, node: &str, extra: &[&str]) -> Output {
@@ -25,7 +18,7 @@ fn run_step(component: &str, db: &str, node: &str, extra: &[&str]) -> Output {
         RUN,
     ];
     args.extend(extra);
-    contextstore(&args)
+    cli(&args)
 }
 
 fn text(bytes: &[u8]) -> String {
@@ -59,9 +52,9 @@ fn the_tiny_flow_runs_from_the_command_line() {
         format!("{{\"from\":\"{GREET}\",\"shout\":\"HELLO, ADA!\"}}\n")
     );
 
-    let listed = contextstore(&["list", "--db", db, RUN]);
+    let listed = cli(&["list", "--db", db, RUN]);
     assert_eq!(text(&listed.stdout), format!("{GREET}\n{SHOUT}\n"));
-    let got = contextstore(&["get", "--db", db, RUN, SHOUT]);
+    let got = cli(&["get", "--db", db, RUN, SHOUT]);
     assert_eq!(got.stdout, shout.stdout);
 }
 
@@ -69,7 +62,7 @@ fn the_tiny_flow_runs_from_the_command_line() {
 fn a_made_up_run_id_is_printed_on_stderr() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("flow.db");
-    let out = contextstore(&[
+    let out = cli(&[
         "run",
         components::GREET,
         "--db",
@@ -83,7 +76,7 @@ fn a_made_up_run_id_is_printed_on_stderr() {
         .trim()
         .strip_prefix("flow run: ")
         .expect("run id line");
-    let got = contextstore(&["get", "--db", db.to_str().unwrap(), run, GREET]);
+    let got = cli(&["get", "--db", db.to_str().unwrap(), run, GREET]);
     assert_eq!(got.stdout, out.stdout);
 }
 

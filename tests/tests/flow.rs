@@ -1,7 +1,7 @@
 //! The tiny flow of the example steps, as a flow engine would run it.
 
-use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepStatus};
-use contextstore_tests::{components, load, runtime, temp_store};
+use contextstore::{FlowRunId, Invocation, NodeId, StepError, StepStatus};
+use contextstore_tests::{components, load, run_default, runtime, temp_store};
 use serde_json::json;
 
 // Every guest component must have a test in this crate: a missing one is a
@@ -42,28 +42,12 @@ fn greet_then_shout() {
     let (greet_id, shout_id) = (NodeId::new(), NodeId::new());
 
     let first = Invocation::new(run, greet_id).with_params(json!({"name": "Ada"}));
-    let out = runtime()
-        .run(
-            &greet,
-            &store,
-            &first,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let out = run_default(&greet, &store, &first).unwrap();
     assert_eq!(out.status, StepStatus::Ran);
     assert_eq!(out.output, json!({"greeting": "Hello, Ada!"}));
 
     let second = Invocation::new(run, shout_id).with_upstream("greet", greet_id);
-    let out = runtime()
-        .run(
-            &shout,
-            &store,
-            &second,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let out = run_default(&shout, &store, &second).unwrap();
     assert_eq!(
         out.output,
         json!({"shout": "HELLO, ADA!", "from": greet_id.to_string()})
@@ -83,26 +67,10 @@ fn a_finished_step_is_not_run_again() {
     let greet = load(components::GREET);
     let invocation =
         Invocation::new(FlowRunId::new(), NodeId::new()).with_params(json!({"name": "Ada"}));
-    let first = runtime()
-        .run(
-            &greet,
-            &store,
-            &invocation,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let first = run_default(&greet, &store, &invocation).unwrap();
     // Other params on retry: had the step run again, the output would differ.
     let retry = invocation.clone().with_params(json!({"name": "Bob"}));
-    let second = runtime()
-        .run(
-            &greet,
-            &store,
-            &retry,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let second = run_default(&greet, &store, &retry).unwrap();
     assert_eq!(first.status, StepStatus::Ran);
     assert_eq!(second.status, StepStatus::AlreadyDone);
     assert_eq!(second.output, json!({"greeting": "Hello, Ada!"}));
@@ -112,15 +80,7 @@ fn a_finished_step_is_not_run_again() {
 fn greet_defaults_its_name_when_params_are_null() {
     let (_dir, store) = temp_store();
     let invocation = Invocation::new(FlowRunId::new(), NodeId::new());
-    let out = runtime()
-        .run(
-            &load(components::GREET),
-            &store,
-            &invocation,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let out = run_default(&load(components::GREET), &store, &invocation).unwrap();
     assert_eq!(out.output, json!({"greeting": "Hello, world!"}));
 }
 
@@ -129,15 +89,7 @@ fn shout_without_its_upstream_fails_and_writes_nothing() {
     let (_dir, store) = temp_store();
     let invocation =
         Invocation::new(FlowRunId::new(), NodeId::new()).with_upstream("greet", NodeId::new());
-    let err = runtime()
-        .run(
-            &load(components::SHOUT),
-            &store,
-            &invocation,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap_err();
+    let err = run_default(&load(components::SHOUT), &store, &invocation).unwrap_err();
     assert!(matches!(err, StepError::Failed(_)), "{err:?}");
     assert!(err.to_string().contains("greet"), "{err}");
     assert_eq!(

@@ -3,11 +3,10 @@
 //! clear errors for bad flow files.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
 use contextstore::{FlowRunId, StepStatus};
-use contextstore_tests::{cli_binary, components, runtime, temp_store};
+use contextstore_tests::{cli, components, runtime, temp_store};
 use serde_json::json;
 
 /// The diamond greet -> (shout, words) -> join, with `extra` appended.
@@ -179,19 +178,16 @@ fn flow_run_and_status_from_the_command_line() {
     let flow_file = write_flow(dir.path(), &diamond(""));
     let db = dir.path().join("flow.db");
     let run = "5b0c2f55-9a57-4a4e-8f3e-2f0f8f6f0b11";
-    let out = Command::new(cli_binary())
-        .args([
-            "flow",
-            "run",
-            flow_file.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--run-id",
-            run,
-            "--events",
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "flow",
+        "run",
+        flow_file.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--events",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -207,19 +203,16 @@ fn flow_run_and_status_from_the_command_line() {
         .count();
     assert_eq!(done, 4, "{events}");
 
-    let status = Command::new(cli_binary())
-        .args([
-            "flow",
-            "status",
-            flow_file.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-            "--run-id",
-            run,
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let status = cli(&[
+        "flow",
+        "status",
+        flow_file.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--run-id",
+        run,
+        "--json",
+    ]);
     assert!(status.status.success());
     let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
     let states: Vec<&str> = status["nodes"]
@@ -240,16 +233,13 @@ fn a_failing_flow_exits_2_with_one_line_naming_the_node() {
     );
     let flow_file = write_flow(dir.path(), &text);
     let db = dir.path().join("f.db");
-    let out = Command::new(cli_binary())
-        .args([
-            "flow",
-            "run",
-            flow_file.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ])
-        .output()
-        .unwrap();
+    let out = cli(&[
+        "flow",
+        "run",
+        flow_file.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&out.stderr);
     let last = stderr.lines().last().unwrap();

@@ -9,7 +9,7 @@ use contextstore::runtime::{GuestFailure, LoadError};
 use contextstore::{
     ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepOutcome, StepStatus,
 };
-use contextstore_tests::{components, load, runtime, temp_store};
+use contextstore_tests::{components, load, run_default, runtime, temp_store};
 use serde_json::{Value, json};
 
 /// Every mode tested below; `every_mode_has_a_test` checks this against the guest.
@@ -68,14 +68,7 @@ impl Case {
         let node = NodeId::new();
         let invocation = Invocation::new(self.invocation.flow_run_id, node)
             .with_params(json!({"mode": "echo", "value": "after"}));
-        let out = runtime()
-            .run(
-                &load(components::HOSTILE),
-                &self.store,
-                &invocation,
-                &Grant::default(),
-                &Limits::default(),
-            )
+        let out = run_default(&load(components::HOSTILE), &self.store, &invocation)
             .expect("a well-behaved step still runs");
         assert_eq!(out.output, json!("after"));
     }
@@ -330,15 +323,7 @@ fn read_upstream_reads_outputs_of_its_run() {
     case.store.put(run, b, &json!([1, 2])).unwrap();
     let mut invocation = case.invocation.clone();
     invocation.upstream = vec![("first".into(), a), ("second".into(), b)];
-    let out = runtime()
-        .run(
-            &load(components::HOSTILE),
-            &case.store,
-            &invocation,
-            &Grant::default(),
-            &Limits::default(),
-        )
-        .unwrap();
+    let out = run_default(&load(components::HOSTILE), &case.store, &invocation).unwrap();
     assert_eq!(
         out.output,
         json!({"first": {"from": "a"}, "second": [1, 2]})

@@ -123,11 +123,7 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         let rows: Vec<Value> = nodes
             .iter()
             .map(|n| {
-                let (state, error) = match &n.state {
-                    NodeState::Done => ("done", None),
-                    NodeState::Pending => ("pending", None),
-                    NodeState::Failed(error) => ("failed", Some(error)),
-                };
+                let (state, error) = state_parts(&n.state);
                 json!({"node": n.name, "node_id": n.node_id, "status": state, "output_bytes": n.output_bytes, "error": error})
             })
             .collect();
@@ -142,11 +138,8 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             "node", "status", "output bytes"
         );
         for n in &nodes {
-            let (state, detail) = match &n.state {
-                NodeState::Done => ("done", String::new()),
-                NodeState::Pending => ("pending", String::new()),
-                NodeState::Failed(error) => ("failed", error.clone()),
-            };
+            let (state, error) = state_parts(&n.state);
+            let detail = error.unwrap_or_default();
             let bytes = n
                 .output_bytes
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
@@ -154,6 +147,15 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         }
     }
     Ok(Outcome::Done)
+}
+
+/// A node state as its status word and, for a failed node, the error.
+fn state_parts(state: &NodeState) -> (&'static str, Option<&str>) {
+    match state {
+        NodeState::Done => ("done", None),
+        NodeState::Pending => ("pending", None),
+        NodeState::Failed(error) => ("failed", Some(error)),
+    }
 }
 
 /// Per-node lines on stderr: human lines on a terminal, JSON lines with
