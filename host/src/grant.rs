@@ -1,5 +1,9 @@
 //! [`Grant`]: what one step invocation may touch in the store. Deny by default.
 
+/// Global keys that start with this prefix belong to the host (the flow
+/// journal, say): no grant reaches them, whatever its prefixes.
+pub const RESERVED_PREFIX: &str = "contextstore.";
+
 /// The capabilities of one invocation.
 ///
 /// Always granted: reading the outputs of the invocation's own flow run
@@ -42,17 +46,24 @@ impl Grant {
         self
     }
 
-    /// Whether `key` is under a granted read prefix.
+    /// Whether `key` is under a granted read prefix (and not reserved).
     pub fn may_read_global(&self, key: &str) -> bool {
-        self.global_read.iter().any(|p| key.starts_with(p.as_str()))
+        !is_reserved(key) && self.global_read.iter().any(|p| key.starts_with(p.as_str()))
     }
 
-    /// Whether `key` is under a granted write prefix.
+    /// Whether `key` is under a granted write prefix (and not reserved).
     pub fn may_write_global(&self, key: &str) -> bool {
-        self.global_write
-            .iter()
-            .any(|p| key.starts_with(p.as_str()))
+        !is_reserved(key)
+            && self
+                .global_write
+                .iter()
+                .any(|p| key.starts_with(p.as_str()))
     }
+}
+
+/// Whether `key` is under [`RESERVED_PREFIX`].
+pub fn is_reserved(key: &str) -> bool {
+    key.starts_with(RESERVED_PREFIX)
 }
 
 #[cfg(test)]
@@ -81,5 +92,24 @@ mod tests {
         assert!(!grant.may_write_global("a"));
         assert!(!grant.may_write_global("ab/"));
         assert!(!grant.may_read_global("a/b"), "write does not imply read");
+    }
+
+    #[test]
+    fn reserved_keys_are_out_of_reach_of_every_grant() {
+        let grant = Grant::default()
+            .read_globals("")
+            .write_globals("")
+            .read_globals(RESERVED_PREFIX)
+            .write_globals("contextstore.flow/");
+        for key in [
+            "contextstore.flow/run/node",
+            "contextstore.",
+            "contextstore.x",
+        ] {
+            assert!(!grant.may_read_global(key), "{key}");
+            assert!(!grant.may_write_global(key), "{key}");
+        }
+        assert!(grant.may_read_global("contextstore"));
+        assert!(grant.may_write_global("contextstorex"));
     }
 }

@@ -9,12 +9,10 @@
 
 use std::sync::Arc;
 
-use serde_json::Value;
-
 use crate::error::ContextStoreError;
 use crate::grant::Grant;
 use crate::id::{FlowRunId, NodeId};
-use crate::json;
+use crate::json::{JsonError, JsonText};
 use crate::limits::Limits;
 use crate::store::ContextStore;
 
@@ -82,6 +80,8 @@ pub struct GuestStore {
     limits: Limits,
     writes: u32,
     lost_race: bool,
+    /// The invocation's own output, once its `put` succeeded.
+    own_output: Option<JsonText>,
 }
 
 impl GuestStore {
@@ -101,6 +101,7 @@ impl GuestStore {
             limits,
             writes: 0,
             lost_race: false,
+            own_output: None,
         }
     }
 
@@ -110,7 +111,12 @@ impl GuestStore {
     }
 
     /// `put`: only the invocation's own output may be written.
-    pub fn put(&mut self, flow_run_id: &str, node_id: &str, value: &str) -> GuestResult<()> {
+    pub fn put(
+        &mut self,
+        flow_run_id: &str,
+        node_id: &str,
+        value: impl Into<String> + AsRef<str>,
+    ) -> GuestResult<()> {
         self.count_write()?;
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         if run != self.flow_run_id {
@@ -123,12 +129,25 @@ impl GuestStore {
                 "put: node {node} is not this invocation's node; a step writes only its own output"
             )));
         }
-        let value = self.parse_value(value)?;
-        let result = self.store.put(run, node, &value);
-        if matches!(result, Err(ContextStoreError::AlreadyExists { .. })) {
-            self.lost_race = true;
+        let value = self.check_value(value)?;
+        match self.store.put_text(run, node, &value) {
+            Ok(()) => {
+                self.own_output = Some(value);
+                Ok(())
+            }
+            Err(e) => {
+                if matches!(e, ContextStoreError::AlreadyExists { .. }) {
+                    self.lost_race = true;
+                }
+                Err(e.into())
+            }
         }
-        Ok(result?)
+    }
+
+    /// The invocation's own output, if this guest's `put` stored it: what
+    /// the host reports without reading it back.
+    pub fn own_output(&self) -> Option<&JsonText> {
+        self.own_output.as_ref()
     }
 
     /// Whether the guest's `put` of its own output found one already stored:
@@ -142,7 +161,7 @@ impl GuestStore {
     pub fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         self.check_own_run(run, "get")?;
-        self.store.get(run, node)?.map(|v| to_text(&v)).transpose()
+        Ok(self.store.get_text(run, node)?.map(JsonText::into_string))
     }
 
     /// `list-keys`: the nodes of the invocation's own run.
@@ -158,30 +177,39 @@ impl GuestStore {
     }
 
     /// `put-global`: write-once, under a granted write prefix.
-    pub fn put_global(&mut self, key: &str, value: &str) -> GuestResult<()> {
+    pub fn put_global(
+        &mut self,
+        key: &str,
+        value: impl Into<String> + AsRef<str>,
+    ) -> GuestResult<()> {
         self.count_write()?;
         self.check_global_write(key, "put-global")?;
-        let value = self.parse_value(value)?;
-        Ok(self.store.put_global(key, &value)?)
+        let value = self.check_value(value)?;
+        Ok(self.store.put_global_text(key, &value)?)
     }
 
     /// `upsert-global`: overwrite, under a granted write prefix.
-    pub fn upsert_global(&mut self, key: &str, value: &str) -> GuestResult<()> {
+    pub fn upsert_global(
+        &mut self,
+        key: &str,
+        value: impl Into<String> + AsRef<str>,
+    ) -> GuestResult<()> {
         self.count_write()?;
         self.check_global_write(key, "upsert-global")?;
-        let value = self.parse_value(value)?;
-        Ok(self.store.upsert_global(key, &value)?)
+        let value = self.check_value(value)?;
+        Ok(self.store.upsert_global_text(key, &value)?)
     }
 
     /// `get-global`: under a granted read prefix.
     pub fn get_global(&mut self, key: &str) -> GuestResult<Option<String>> {
+        self.check_key(key)?;
         if !self.grant.may_read_global(key) {
             return Err(GuestStoreError::AccessDenied(format!(
                 "get-global: key {} is not under a granted read prefix",
                 shown(key)
             )));
         }
-        self.store.get_global(key)?.map(|v| to_text(&v)).transpose()
+        Ok(self.store.get_global_text(key)?.map(JsonText::into_string))
     }
 
     fn count_write(&mut self) -> GuestResult<()> {
@@ -205,7 +233,19 @@ impl GuestStore {
         }
     }
 
+    fn check_key(&self, key: &str) -> GuestResult<()> {
+        if key.len() > self.limits.max_key_bytes {
+            return Err(GuestStoreError::QuotaExceeded(format!(
+                "global key of {} bytes is longer than the limit of {} bytes",
+                key.len(),
+                self.limits.max_key_bytes
+            )));
+        }
+        Ok(())
+    }
+
     fn check_global_write(&self, key: &str, call: &str) -> GuestResult<()> {
+        self.check_key(key)?;
         if self.grant.may_write_global(key) {
             Ok(())
         } else {
@@ -216,24 +256,23 @@ impl GuestStore {
         }
     }
 
-    /// Checks size and depth before parsing, so that a hostile document
-    /// costs the host no more than its bytes.
-    fn parse_value(&self, text: &str) -> GuestResult<Value> {
-        if text.len() > self.limits.max_value_bytes {
+    /// Checks size, then syntax and depth without building a tree: a
+    /// hostile document costs the host no more than its bytes, and the text
+    /// is stored exactly as the guest wrote it.
+    fn check_value(&self, text: impl Into<String> + AsRef<str>) -> GuestResult<JsonText> {
+        let len = text.as_ref().len();
+        if len > self.limits.max_value_bytes {
             return Err(GuestStoreError::QuotaExceeded(format!(
-                "value of {} bytes is larger than the limit of {} bytes",
-                text.len(),
+                "value of {len} bytes is larger than the limit of {} bytes",
                 self.limits.max_value_bytes
             )));
         }
-        let depth = json::nesting_depth(text);
-        if depth > self.limits.max_json_depth {
-            return Err(GuestStoreError::InvalidJson(format!(
-                "nesting depth {depth} is deeper than the limit of {}",
-                self.limits.max_json_depth
-            )));
-        }
-        json::parse(text).map_err(|e| GuestStoreError::InvalidJson(e.to_string()))
+        JsonText::parse(text, self.limits.max_json_depth).map_err(|e| match e {
+            JsonError::Syntax(m) => GuestStoreError::InvalidJson(m),
+            too_deep @ JsonError::TooDeep { .. } => {
+                GuestStoreError::InvalidJson(too_deep.to_string())
+            }
+        })
     }
 }
 
@@ -245,10 +284,6 @@ fn parse_run(text: &str) -> GuestResult<FlowRunId> {
 fn parse_node(text: &str) -> GuestResult<NodeId> {
     text.parse()
         .map_err(|e: crate::id::IdParseError| GuestStoreError::InvalidId(e.to_string()))
-}
-
-fn to_text(value: &Value) -> GuestResult<String> {
-    json::to_text(value).map_err(|e| GuestStoreError::Storage(e.to_string()))
 }
 
 /// A key for an error message: quoted, and cut to 64 characters.
@@ -287,7 +322,8 @@ mod tests {
         g.put(&r, &n, r#"{"a": [1, 2.5, "x"]}"#).unwrap();
         assert_eq!(
             g.get(&r, &n).unwrap().as_deref(),
-            Some(r#"{"a":[1,2.5,"x"]}"#)
+            Some(r#"{"a": [1, 2.5, "x"]}"#),
+            "the text comes back exactly as written"
         );
         assert_eq!(g.put(&r, &n, "2"), Err(GuestStoreError::AlreadyExists));
         assert_eq!(g.list_keys(&r).unwrap(), vec![n]);

@@ -40,7 +40,7 @@ fn greet_runs(runtime: &Runtime) {
             &Limits::default(),
         )
         .unwrap();
-    assert_eq!(out.output, json!({"greeting": "Hello, cache!"}));
+    assert_eq!(out.value().unwrap(), json!({"greeting": "Hello, cache!"}));
 }
 
 #[test]

@@ -44,15 +44,18 @@ fn greet_then_shout() {
     let first = Invocation::new(run, greet_id).with_params(json!({"name": "Ada"}));
     let out = run_default(&greet, &store, &first).unwrap();
     assert_eq!(out.status, StepStatus::Ran);
-    assert_eq!(out.output, json!({"greeting": "Hello, Ada!"}));
+    assert_eq!(out.value().unwrap(), json!({"greeting": "Hello, Ada!"}));
 
     let second = Invocation::new(run, shout_id).with_upstream("greet", greet_id);
     let out = run_default(&shout, &store, &second).unwrap();
     assert_eq!(
-        out.output,
+        out.value().unwrap(),
         json!({"shout": "HELLO, ADA!", "from": greet_id.to_string()})
     );
-    assert_eq!(store.get(run, shout_id).unwrap(), Some(out.output));
+    assert_eq!(
+        store.get(run, shout_id).unwrap(),
+        Some(out.value().unwrap())
+    );
 
     let mut keys = store.list_keys(run).unwrap();
     keys.sort();
@@ -73,7 +76,7 @@ fn a_finished_step_is_not_run_again() {
     let second = run_default(&greet, &store, &retry).unwrap();
     assert_eq!(first.status, StepStatus::Ran);
     assert_eq!(second.status, StepStatus::AlreadyDone);
-    assert_eq!(second.output, json!({"greeting": "Hello, Ada!"}));
+    assert_eq!(second.value().unwrap(), json!({"greeting": "Hello, Ada!"}));
 }
 
 #[test]
@@ -81,7 +84,7 @@ fn greet_defaults_its_name_when_params_are_null() {
     let (_dir, store) = temp_store();
     let invocation = Invocation::new(FlowRunId::new(), NodeId::new());
     let out = run_default(&load(components::GREET), &store, &invocation).unwrap();
-    assert_eq!(out.output, json!({"greeting": "Hello, world!"}));
+    assert_eq!(out.value().unwrap(), json!({"greeting": "Hello, world!"}));
 }
 
 #[test]

@@ -70,7 +70,7 @@ impl Case {
             .with_params(json!({"mode": "echo", "value": "after"}));
         let out = run_default(&load(components::HOSTILE), &self.store, &invocation)
             .expect("a well-behaved step still runs");
-        assert_eq!(out.output, json!("after"));
+        assert_eq!(out.value().unwrap(), json!("after"));
     }
 
     fn own_output(&self) -> Option<Value> {
@@ -161,7 +161,7 @@ fn trap_after_put_keeps_the_output_and_a_retry_returns_it() {
     assert_eq!(case.own_output(), Some(json!({"mode": "trap-after-put"})));
     let retry = case.run_default().unwrap();
     assert_eq!(retry.status, StepStatus::AlreadyDone);
-    assert_eq!(retry.output, json!({"mode": "trap-after-put"}));
+    assert_eq!(retry.value().unwrap(), json!({"mode": "trap-after-put"}));
     case.assert_still_usable();
 }
 
@@ -302,7 +302,7 @@ fn sandbox_has_no_files_env_or_network() {
     let case = case(json!({"mode": "sandbox"}));
     let out = case.run_default().unwrap();
     assert_eq!(
-        out.output,
+        out.value().unwrap(),
         json!({"read_dir_ok": false, "read_file_ok": false, "env_vars": 0, "tcp_ok": false})
     );
 }
@@ -311,7 +311,7 @@ fn sandbox_has_no_files_env_or_network() {
 fn echo_writes_any_value() {
     let value = json!({"deep": [[[["x"]]]], "n": 1.5, "s": "\u{0}🦀"});
     let case = case(json!({"mode": "echo", "value": value}));
-    assert_eq!(case.run_default().unwrap().output, value);
+    assert_eq!(case.run_default().unwrap().value().unwrap(), value);
 }
 
 #[test]
@@ -325,7 +325,7 @@ fn read_upstream_reads_outputs_of_its_run() {
     invocation.upstream = vec![("first".into(), a), ("second".into(), b)];
     let out = run_default(&load(components::HOSTILE), &case.store, &invocation).unwrap();
     assert_eq!(
-        out.output,
+        out.value().unwrap(),
         json!({"first": {"from": "a"}, "second": [1, 2]})
     );
 }

@@ -24,7 +24,8 @@ fn a_flow_across_languages() {
             &Limits::default(),
         )
         .unwrap_or_else(|e| panic!("{component}: {e}"))
-        .output
+        .value()
+        .unwrap()
     };
     let greeting = go(
         components::GREET,

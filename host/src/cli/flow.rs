@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use anyhow::bail;
 use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
 use contextstore::{FlowRunId, StepStatus};
-use serde_json::{Map, Value, json};
+use serde_json::{Value, json};
 
 use super::{DbArgs, Outcome, RuntimeArgs};
 
@@ -105,13 +105,16 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         }
         bail!(message);
     }
-    let mut outputs = Map::new();
-    for (name, result) in &report.results {
-        if let NodeResult::Done { output, .. } = result {
-            outputs.insert(name.clone(), output.clone());
-        }
-    }
-    println!("{}", serde_json::to_string_pretty(&Value::Object(outputs))?);
+    // Each output exactly as stored, by node name.
+    let outputs: std::collections::BTreeMap<&str, &contextstore::json::JsonText> = report
+        .results
+        .iter()
+        .filter_map(|(name, result)| match result {
+            NodeResult::Done { output, .. } => Some((name.as_str(), output)),
+            _ => None,
+        })
+        .collect();
+    println!("{}", serde_json::to_string_pretty(&outputs)?);
     Ok(Outcome::Done)
 }
 

@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId};
 
-use super::{DbArgs, Outcome, RuntimeArgs, parse_json, print_json};
+use super::{DbArgs, Outcome, RuntimeArgs, parse_json};
 
 /// `contextstore run`.
 #[derive(clap::Args)]
@@ -77,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let runtime = args.runtime.start()?;
     let component = runtime.load_file(&args.component)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
-    print_json(&outcome.output)?;
+    println!("{}", outcome.output);
     Ok(Outcome::Done)
 }
 

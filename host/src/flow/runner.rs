@@ -6,7 +6,7 @@ use std::collections::VecDeque;
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use crate::json::JsonText;
 
 use super::{Flow, FlowError, FlowNode, journal};
 use crate::id::FlowRunId;
@@ -28,7 +28,7 @@ pub enum FlowEvent<'a> {
         /// Whether the step ran now.
         status: StepStatus,
         /// The node's stored output.
-        output: &'a Value,
+        output: &'a JsonText,
         /// How long the invocation took.
         elapsed: Duration,
     },
@@ -66,7 +66,7 @@ pub enum NodeResult {
         /// Whether the step ran in this attempt.
         status: StepStatus,
         /// The output.
-        output: Value,
+        output: JsonText,
         /// How long the invocation took.
         elapsed: Duration,
     },

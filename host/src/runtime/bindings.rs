@@ -4,6 +4,8 @@
 wasmtime::component::bindgen!({
     path: "../wit",
     world: "step",
+    imports: { default: async },
+    exports: { default: async },
 });
 
 pub use worldinterface::contextstore::store::Error as WitStoreError;

@@ -29,7 +29,6 @@ const MAC_LEN: usize = 32;
 pub struct CodeCache {
     dir: PathBuf,
     key: [u8; 32],
-    engine_hash: String,
 }
 
 /// What a cache lookup found.
@@ -47,18 +46,23 @@ impl CodeCache {
         dirs::cache_dir().map(|dir| dir.join("contextstore").join("compiled"))
     }
 
-    /// Opens (creating if needed) a cache in `dir` for `engine`.
-    pub fn open(dir: &Path, engine: &Engine) -> std::io::Result<Self> {
+    /// Opens (creating if needed) a cache in `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         let key = load_or_create_key(dir)?;
-        let mut hasher = std::hash::DefaultHasher::new();
-        engine.precompile_compatibility_hash().hash(&mut hasher);
-        env!("CARGO_PKG_VERSION").hash(&mut hasher);
         Ok(Self {
             dir: dir.to_path_buf(),
             key,
-            engine_hash: format!("{:016x}", hasher.finish()),
         })
+    }
+
+    /// The part of an entry's name that names the engine: its
+    /// compatibility hash and this crate's version.
+    fn engine_hash(engine: &Engine) -> String {
+        let mut hasher = std::hash::DefaultHasher::new();
+        engine.precompile_compatibility_hash().hash(&mut hasher);
+        env!("CARGO_PKG_VERSION").hash(&mut hasher);
+        format!("{:016x}", hasher.finish())
     }
 
     /// The cache directory.
@@ -66,14 +70,17 @@ impl CodeCache {
         &self.dir
     }
 
-    fn entry_path(&self, content: &blake3::Hash) -> PathBuf {
-        self.dir
-            .join(format!("{}-{}.cwasm", content.to_hex(), self.engine_hash))
+    fn entry_path(&self, engine: &Engine, content: &blake3::Hash) -> PathBuf {
+        self.dir.join(format!(
+            "{}-{}.cwasm",
+            content.to_hex(),
+            Self::engine_hash(engine)
+        ))
     }
 
     /// Looks up the component with content hash `content`.
     pub fn get(&self, engine: &Engine, content: &blake3::Hash) -> Lookup {
-        let path = self.entry_path(content);
+        let path = self.entry_path(engine, content);
         let Ok(bytes) = std::fs::read(&path) else {
             return Lookup::Miss;
         };
@@ -95,10 +102,15 @@ impl CodeCache {
     }
 
     /// Stores the compiled `component` for content hash `content`.
-    pub fn put(&self, content: &blake3::Hash, component: &Component) -> std::io::Result<()> {
+    pub fn put(
+        &self,
+        engine: &Engine,
+        content: &blake3::Hash,
+        component: &Component,
+    ) -> std::io::Result<()> {
         let code = component.serialize().map_err(std::io::Error::other)?;
         let mac = self.mac(&code);
-        let path = self.entry_path(content);
+        let path = self.entry_path(engine, content);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
         tmp.write_all(mac.as_bytes())?;

@@ -17,14 +17,16 @@ pub struct EpochTicker {
 }
 
 impl EpochTicker {
-    /// Starts the ticker thread.
-    pub fn start(engine: Engine) -> std::io::Result<Self> {
+    /// Starts the ticker thread for `engines`.
+    pub fn start(engines: Vec<Engine>) -> std::io::Result<Self> {
         let (stop, stopped) = mpsc::channel::<()>();
         let thread = std::thread::Builder::new()
             .name("contextstore-epoch".into())
             .spawn(move || {
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(TICK) {
-                    engine.increment_epoch();
+                    for engine in &engines {
+                        engine.increment_epoch();
+                    }
                 }
             })?;
         Ok(Self {

@@ -4,26 +4,26 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use serde_json::Value;
+use tracing::Instrument;
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime::{Config, Engine, Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
-use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 
 use crate::grant::Grant;
 use crate::guest_store::GuestStore;
-use crate::json;
+use crate::json::JsonText;
 use crate::limits::Limits;
-use crate::store::ContextStore;
+use crate::store::{ContextStore, deadline};
 
 mod bindings;
 mod cache;
 mod epoch;
 mod invocation;
-mod memory;
+mod limiter;
 mod state;
+mod stderr;
 mod step_error;
 
 pub use cache::CodeCache;
@@ -33,8 +33,9 @@ pub use step_error::{GuestFailure, StepError};
 use bindings::{StepPre, WitInvocation, WitUpstream};
 use cache::Lookup;
 use epoch::EpochTicker;
-use memory::MemoryLimiter;
+use limiter::GuestLimiter;
 use state::{STDERR_CAPTURE, StepState};
+use stderr::StderrRing;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -98,6 +99,10 @@ pub struct RuntimeError(String);
 #[derive(Clone)]
 pub struct StepComponent {
     name: Arc<str>,
+    /// The BLAKE3 hash of the component's bytes.
+    hash: blake3::Hash,
+    /// The bytes, for a fuel-metered compilation made on demand.
+    bytes: Arc<[u8]>,
     pre: StepPre<StepState>,
 }
 
@@ -105,6 +110,11 @@ impl StepComponent {
     /// The component's name: its file name, or the name it was loaded under.
     pub fn name(&self) -> &str {
         &self.name
+    }
+
+    /// The BLAKE3 hash of the component's bytes, in hex.
+    pub fn content_hash(&self) -> String {
+        self.hash.to_hex().to_string()
     }
 }
 
@@ -128,22 +138,63 @@ pub enum StepStatus {
 /// The result of a successful invocation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StepOutcome {
-    /// The node's stored output.
-    pub output: Value,
+    /// The node's stored output, as the exact text stored.
+    pub output: JsonText,
     /// Whether the step ran now.
     pub status: StepStatus,
 }
 
-/// One wasmtime engine, its linker, compiled components, and the epoch
-/// ticker that enforces timeouts. Share one `Runtime` per process: it is
-/// `Send + Sync`, and every [`run`](Runtime::run) uses its own instance.
-pub struct Runtime {
+impl StepOutcome {
+    /// The output parsed into a `serde_json::Value`.
+    pub fn value(&self) -> Result<serde_json::Value, crate::json::JsonError> {
+        self.output.to_value()
+    }
+}
+
+/// Whether an engine meters fuel. Fuel metering costs every guest
+/// instruction, so only invocations with a fuel budget pay for it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Metering {
+    Off,
+    Fuel,
+}
+
+/// One wasmtime engine with its linker.
+struct EngineSet {
     engine: Engine,
     linker: Linker<StepState>,
-    compiled: Mutex<HashMap<blake3::Hash, StepComponent>>,
+}
+
+impl EngineSet {
+    fn new(metering: Metering) -> Result<Self, RuntimeError> {
+        let mut config = Config::new();
+        config.wasm_component_model(true);
+        config.epoch_interruption(true);
+        config.consume_fuel(metering == Metering::Fuel);
+        let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut linker)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        bindings::Step::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+            .map_err(|e| RuntimeError(format!("{e:#}")))?;
+        Ok(Self { engine, linker })
+    }
+}
+
+/// Two wasmtime engines (without and with fuel metering), their linkers,
+/// compiled components, the epoch ticker that interrupts wasm code, and a
+/// small async runtime for the blocking entry point. Share one `Runtime`
+/// per process: it is `Send + Sync`, and every invocation uses its own
+/// instance.
+pub struct Runtime {
+    plain: EngineSet,
+    metered: EngineSet,
+    compiled: Mutex<HashMap<(blake3::Hash, Metering), StepPre<StepState>>>,
     /// Held while compiling, so that each component is compiled once.
     compiling: Mutex<()>,
     cache: Option<CodeCache>,
+    /// Drives the blocking [`run`](Runtime::run): its timers and WASI I/O.
+    blocking: tokio::runtime::Runtime,
     _ticker: EpochTicker,
 }
 
@@ -154,42 +205,48 @@ impl Runtime {
         Self::with_config(RuntimeConfig::default())
     }
 
-    /// A runtime with epoch interruption and fuel metering on, and WASI
-    /// linked with nothing opened. A cache directory that cannot be used is
-    /// logged and the runtime works without it.
+    /// A runtime with epoch interruption on, and WASI linked with nothing
+    /// opened. A cache directory that cannot be used is logged and the
+    /// runtime works without it.
     pub fn with_config(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let cache_dir = config.cache_dir;
-        let mut config = Config::new();
-        config.wasm_component_model(true);
-        config.epoch_interruption(true);
-        config.consume_fuel(true);
-        let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let mut linker = Linker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)
-            .map_err(|e| RuntimeError(format!("{e:#}")))?;
-        bindings::Step::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
-            .map_err(|e| RuntimeError(format!("{e:#}")))?;
-        let ticker = EpochTicker::start(engine.clone()).map_err(|e| RuntimeError(e.to_string()))?;
-        let cache = cache_dir.and_then(|dir| match CodeCache::open(&dir, &engine) {
+        let plain = EngineSet::new(Metering::Off)?;
+        let metered = EngineSet::new(Metering::Fuel)?;
+        let ticker = EpochTicker::start(vec![plain.engine.clone(), metered.engine.clone()])
+            .map_err(|e| RuntimeError(e.to_string()))?;
+        let cache = config.cache_dir.and_then(|dir| match CodeCache::open(&dir) {
             Ok(cache) => Some(cache),
             Err(error) => {
                 tracing::warn!(dir = %dir.display(), %error, "compiled-code cache unavailable; compiling every time");
                 None
             }
         });
+        let blocking = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .thread_name("contextstore-runtime")
+            .enable_time()
+            .build()
+            .map_err(|e| RuntimeError(e.to_string()))?;
         Ok(Self {
-            engine,
-            linker,
+            plain,
+            metered,
             compiled: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
             cache,
+            blocking,
             _ticker: ticker,
         })
     }
 
-    /// The wasmtime engine.
+    /// The wasmtime engine of invocations without a fuel budget.
     pub fn engine(&self) -> &Engine {
-        &self.engine
+        &self.plain.engine
+    }
+
+    fn engines(&self, metering: Metering) -> &EngineSet {
+        match metering {
+            Metering::Off => &self.plain,
+            Metering::Fuel => &self.metered,
+        }
     }
 
     /// Loads a component file. See [`load_bytes`](Self::load_bytes).
@@ -208,12 +265,32 @@ impl Runtime {
 
     /// Compiles a component and checks that it fits the `step` world.
     /// The same bytes are compiled once per runtime: a second load returns
-    /// the first compilation.
+    /// the first compilation. (A fuel-metered compilation is made the first
+    /// time an invocation with a fuel budget needs it.)
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
         let hash = blake3::hash(bytes);
+        let pre = self.prepare(name, &hash, bytes, Metering::Off)?;
+        Ok(StepComponent {
+            name: name.into(),
+            hash,
+            bytes: Arc::from(bytes),
+            pre,
+        })
+    }
+
+    /// The instance-pre of `bytes` for the engine of `metering`: from this
+    /// runtime's memory, the on-disk cache, or compiled now.
+    fn prepare(
+        &self,
+        name: &str,
+        hash: &blake3::Hash,
+        bytes: &[u8],
+        metering: Metering,
+    ) -> Result<StepPre<StepState>, LoadError> {
+        let key = (*hash, metering);
         let lookup = || {
             let compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
-            compiled.get(&hash).cloned()
+            compiled.get(&key).cloned()
         };
         if let Some(found) = lookup() {
             return Ok(found);
@@ -227,17 +304,18 @@ impl Runtime {
         if let Some(found) = lookup() {
             return Ok(found);
         }
+        let set = self.engines(metering);
         let started = Instant::now();
-        let component = match self.cache.as_ref().map(|c| c.get(&self.engine, &hash)) {
+        let component = match self.cache.as_ref().map(|c| c.get(&set.engine, hash)) {
             Some(Lookup::Hit(component)) => component,
             _ => {
                 let component =
-                    Component::new(&self.engine, bytes).map_err(|e| LoadError::Invalid {
+                    Component::new(&set.engine, bytes).map_err(|e| LoadError::Invalid {
                         name: name.to_owned(),
                         reason: format!("{e:#}"),
                     })?;
                 if let Some(cache) = &self.cache
-                    && let Err(error) = cache.put(&hash, &component)
+                    && let Err(error) = cache.put(&set.engine, hash, &component)
                 {
                     tracing::warn!(name, %error, "could not write the compiled-code cache");
                 }
@@ -248,29 +326,23 @@ impl Runtime {
             name: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = self
+        let instance_pre = set
             .linker
             .instantiate_pre(&component)
             .map_err(wrong_world)?;
         let pre = StepPre::new(instance_pre).map_err(wrong_world)?;
-        tracing::info!(name, bytes = bytes.len(), elapsed = ?started.elapsed(), "loaded component");
-        let loaded = StepComponent {
-            name: name.into(),
-            pre,
-        };
+        tracing::info!(name, bytes = bytes.len(), ?metering, elapsed = ?started.elapsed(), "loaded component");
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(hash, loaded.clone());
-        Ok(loaded)
+            .insert(key, pre.clone());
+        Ok(pre)
     }
 
-    /// Runs one invocation of `component` against `store`.
-    ///
-    /// If the node's output is already stored, the step is not run and the
-    /// stored output is returned ([`StepStatus::AlreadyDone`]). Otherwise the
-    /// step runs in a fresh instance under `grant` and `limits`; it succeeds
-    /// only if `run` returns `ok` *and* the node's output is then in the store.
+    /// Runs one invocation of `component` against `store`, blocking the
+    /// calling thread until it is done. For callers without an async
+    /// runtime; from async code use [`run_async`](Self::run_async) (this
+    /// one panics if called from within a tokio runtime).
     pub fn run(
         &self,
         component: &StepComponent,
@@ -279,53 +351,132 @@ impl Runtime {
         grant: &Grant,
         limits: &Limits,
     ) -> Result<StepOutcome, StepError> {
+        self.blocking
+            .handle()
+            .block_on(self.run_async(component, store, invocation, grant, limits))
+    }
+
+    /// Runs one invocation of `component` against `store`.
+    ///
+    /// If the node's output is already stored, the step is not run and the
+    /// stored output is returned ([`StepStatus::AlreadyDone`]). Otherwise the
+    /// step runs in a fresh instance under `grant` and `limits`; it succeeds
+    /// only if `run` returns `ok` *and* the node's output is then in the store.
+    ///
+    /// One deadline, [`Limits::timeout`] from now, covers everything:
+    /// instantiation, wasm code (interrupted by epochs), WASI calls (a
+    /// guest sleeping or blocked on a pollable), and store calls (which stop
+    /// waiting on a busy database at the deadline). Past it the invocation
+    /// is [`StepError::Timeout`] and the runtime, the store and the calling
+    /// task are free at once. Needs a tokio runtime with timers enabled.
+    pub async fn run_async(
+        &self,
+        component: &StepComponent,
+        store: &Arc<dyn ContextStore>,
+        invocation: &Invocation,
+        grant: &Grant,
+        limits: &Limits,
+    ) -> Result<StepOutcome, StepError> {
+        let started = Instant::now();
+        let deadline = started
+            .checked_add(limits.timeout)
+            .unwrap_or_else(far_future);
         let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
         let span = tracing::info_span!("step", component = %component.name, flow_run_id = %run_id, %node_id);
-        let _entered = span.enter();
-        if let Some(output) = store.get(run_id, node_id)? {
+        let invoke = self.invoke(component, store, invocation, grant, limits, deadline);
+        match tokio::time::timeout_at(deadline.into(), invoke.instrument(span)).await {
+            Ok(result) => result,
+            Err(_elapsed) => {
+                tracing::info!(elapsed = ?started.elapsed(), "step timed out");
+                Err(StepError::Timeout(limits.timeout))
+            }
+        }
+    }
+
+    async fn invoke(
+        &self,
+        component: &StepComponent,
+        store: &Arc<dyn ContextStore>,
+        invocation: &Invocation,
+        grant: &Grant,
+        limits: &Limits,
+        deadline: Instant,
+    ) -> Result<StepOutcome, StepError> {
+        let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
+        if let Some(error) = &invocation.invalid_params {
+            return Err(StepError::InvalidParams(error.to_string()));
+        }
+        let stored = deadline::with_deadline(deadline, || store.get_text(run_id, node_id))?;
+        if let Some(output) = stored {
             tracing::info!("output already stored; not running");
             return Ok(StepOutcome {
                 output,
                 status: StepStatus::AlreadyDone,
             });
         }
+        let (metering, pre) = match limits.fuel {
+            None => (Metering::Off, component.pre.clone()),
+            Some(_) => (
+                Metering::Fuel,
+                self.prepare(
+                    &component.name,
+                    &component.hash,
+                    &component.bytes,
+                    Metering::Fuel,
+                )
+                .map_err(|e| StepError::Instantiate(e.to_string()))?,
+            ),
+        };
 
-        let stderr = MemoryOutputPipe::new(STDERR_CAPTURE);
+        let stderr = StderrRing::new(STDERR_CAPTURE);
         let state = StepState {
             wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
-            limiter: MemoryLimiter::new(limits.memory_bytes),
-            guest: GuestStore::new(
+            limiter: GuestLimiter::new(limits),
+            guest: Some(GuestStore::new(
                 store.clone(),
                 run_id,
                 node_id,
                 grant.clone(),
                 limits.clone(),
-            ),
+            )),
             stderr,
+            deadline,
         };
-        let mut wasm = Store::new(&self.engine, state);
+        let mut wasm = Store::new(&self.engines(metering).engine, state);
         wasm.limiter(|state| &mut state.limiter);
-        wasm.set_fuel(limits.fuel.unwrap_or(u64::MAX))
-            .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
-        wasm.set_epoch_deadline(EpochTicker::ticks_for(limits.timeout));
+        if let Some(fuel) = limits.fuel {
+            wasm.set_fuel(fuel)
+                .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wasm.set_epoch_deadline(EpochTicker::ticks_for(left));
         wasm.epoch_deadline_trap();
 
-        let started = Instant::now();
-        let instance =
-            component
-                .pre
-                .instantiate(&mut wasm)
-                .map_err(|e| match classify(e, &wasm, limits) {
-                    StepError::Trap { message, .. } => StepError::Instantiate(message),
-                    other => other,
-                })?;
+        let instance = pre.instantiate_async(&mut wasm).await.map_err(|e| {
+            match classify(e, &wasm, limits) {
+                StepError::Trap { message, .. } => StepError::Instantiate(message),
+                other => other,
+            }
+        })?;
         let wit_invocation = to_wit(invocation);
-        let result = instance.call_run(&mut wasm, &wit_invocation);
-        tracing::info!(elapsed = ?started.elapsed(), writes = wasm.data().guest.writes(), "step returned");
-        if result.as_ref().map_or(true, Result::is_err) && wasm.data().guest.lost_race() {
+        let result = instance.call_run(&mut wasm, &wit_invocation).await;
+        let guest = wasm.data().guest.as_ref();
+        let writes = guest.map_or(0, GuestStore::writes);
+        tracing::info!(elapsed = ?deadline.saturating_duration_since(Instant::now()), writes, "step returned");
+        if let Some(output) = guest.and_then(GuestStore::own_output)
+            && matches!(result, Ok(Ok(())))
+        {
+            return Ok(StepOutcome {
+                output: output.clone(),
+                status: StepStatus::Ran,
+            });
+        }
+        let lost_race = guest.is_some_and(GuestStore::lost_race);
+        let read_output = || deadline::with_deadline(deadline, || store.get_text(run_id, node_id));
+        if result.as_ref().map_or(true, Result::is_err) && lost_race {
             // Another invocation stored this node's output first: the node is done.
-            if let Some(output) = store.get(run_id, node_id)? {
+            if let Some(output) = read_output()? {
                 tracing::info!("another invocation finished this node first");
                 return Ok(StepOutcome {
                     output,
@@ -336,10 +487,10 @@ impl Runtime {
         match result {
             Err(error) => Err(classify(error, &wasm, limits)),
             Ok(Err(failure)) => Err(StepError::Failed(failure.into())),
-            Ok(Ok(())) => match store.get(run_id, node_id)? {
+            Ok(Ok(())) => match read_output()? {
                 Some(output) => Ok(StepOutcome {
                     output,
-                    status: StepStatus::Ran,
+                    status: StepStatus::AlreadyDone,
                 }),
                 None => Err(StepError::NoOutput),
             },
@@ -347,12 +498,16 @@ impl Runtime {
     }
 }
 
+/// A deadline for a timeout too long to add to now: practically never.
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
+}
+
 fn to_wit(invocation: &Invocation) -> WitInvocation {
     WitInvocation {
         flow_run_id: invocation.flow_run_id.to_string(),
         node_id: invocation.node_id.to_string(),
-        // A serde_json::Value always serializes; "null" is the fallback all the same.
-        params: json::to_text(&invocation.params).unwrap_or_else(|_| "null".to_owned()),
+        params: invocation.params.as_str().to_owned(),
         upstream: invocation
             .upstream
             .iter()
@@ -371,16 +526,14 @@ fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) ->
         Some(Trap::OutOfFuel) => return StepError::OutOfFuel(limits.fuel.unwrap_or(u64::MAX)),
         _ => {}
     }
-    if wasm.data().limiter.hit() {
+    if wasm.data().limiter.memory_hit() {
         return StepError::OutOfMemory {
             limit_bytes: limits.memory_bytes,
         };
     }
-    let captured = wasm.data().stderr.contents();
-    let stderr = String::from_utf8_lossy(&captured).into_owned();
     StepError::Trap {
         message: error.root_cause().to_string(),
         report: format!("{error:?}"),
-        stderr,
+        stderr: wasm.data().stderr.contents(),
     }
 }

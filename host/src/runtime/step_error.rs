@@ -41,6 +41,9 @@ pub enum StepError {
     /// function trapped, or it asked for more than the limits allow).
     #[error("step could not be instantiated: {0}")]
     Instantiate(String),
+    /// The invocation's parameters could not be passed to the step.
+    #[error("invalid params: {0}")]
+    InvalidParams(String),
     /// The store failed while the host checked the step's output.
     #[error(transparent)]
     Store(#[from] ContextStoreError),

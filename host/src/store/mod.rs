@@ -4,7 +4,9 @@ use serde_json::Value;
 
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
+use crate::json::JsonText;
 
+pub mod deadline;
 mod schema;
 pub mod sqlite;
 
@@ -17,37 +19,94 @@ pub mod conformance;
 /// globals; the two are separate namespaces. All methods are synchronous:
 /// call them from a blocking context (or `spawn_blocking`). Implementations
 /// are shared between threads, typically as `Arc<dyn ContextStore>`.
+///
+/// Values rest as JSON text. A backend implements the `*_text` methods,
+/// which store and return a [`JsonText`] byte for byte; the
+/// `serde_json::Value` methods of the original contract (`put`, `get`,
+/// `put_global`, `upsert_global`, `get_global`) are provided on top of them
+/// and convert only at this edge.
 pub trait ContextStore: Send + Sync {
-    /// Writes a node's output. Write-once:
+    /// Writes a node's output as text. Write-once:
     /// - the first call for a `(flow_run_id, node_id)` stores the value and returns `Ok(())`;
     /// - every later call returns [`ContextStoreError::AlreadyExists`] and keeps the first value.
     ///
     /// Of several racing calls for one pair, exactly one succeeds.
+    fn put_text(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError>;
+
+    /// Reads a node's output as the exact text written; `None` if not yet written.
+    fn get_text(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<JsonText>, ContextStoreError>;
+
+    /// Lists the node ids that have an output in `flow_run_id` (order unspecified).
+    fn list_keys(&self, flow_run_id: FlowRunId) -> Result<Vec<NodeId>, ContextStoreError>;
+
+    /// Writes a global value as text, not scoped to a run. Write-once: a
+    /// second write of the same key (also after
+    /// [`upsert_global_text`](Self::upsert_global_text)) returns
+    /// [`ContextStoreError::GlobalAlreadyExists`]. Any string is a key.
+    fn put_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError>;
+
+    /// Writes or overwrites a global value as text.
+    fn upsert_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError>;
+
+    /// Reads a global value as the exact text written; `None` if not yet written.
+    fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError>;
+
+    /// Writes a node's output. Write-once, as [`put_text`](Self::put_text).
     fn put(
         &self,
         flow_run_id: FlowRunId,
         node_id: NodeId,
         value: &Value,
-    ) -> Result<(), ContextStoreError>;
+    ) -> Result<(), ContextStoreError> {
+        self.put_text(flow_run_id, node_id, &encode(value)?)
+    }
 
     /// Reads a node's output; `None` if not yet written.
     fn get(
         &self,
         flow_run_id: FlowRunId,
         node_id: NodeId,
-    ) -> Result<Option<Value>, ContextStoreError>;
+    ) -> Result<Option<Value>, ContextStoreError> {
+        decode(self.get_text(flow_run_id, node_id)?)
+    }
 
-    /// Lists the node ids that have an output in `flow_run_id` (order unspecified).
-    fn list_keys(&self, flow_run_id: FlowRunId) -> Result<Vec<NodeId>, ContextStoreError>;
-
-    /// Writes a global value, not scoped to a run. Write-once: a second write
-    /// of the same key (also after [`upsert_global`](Self::upsert_global))
-    /// returns [`ContextStoreError::GlobalAlreadyExists`]. Any string is a key.
-    fn put_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError>;
+    /// Writes a global value. Write-once, as [`put_global_text`](Self::put_global_text).
+    fn put_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError> {
+        self.put_global_text(key, &encode(value)?)
+    }
 
     /// Writes or overwrites a global value (mutable metadata such as a coordinator map).
-    fn upsert_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError>;
+    fn upsert_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError> {
+        self.upsert_global_text(key, &encode(value)?)
+    }
 
     /// Reads a global value; `None` if not yet written.
-    fn get_global(&self, key: &str) -> Result<Option<Value>, ContextStoreError>;
+    fn get_global(&self, key: &str) -> Result<Option<Value>, ContextStoreError> {
+        decode(self.get_global_text(key)?)
+    }
+}
+
+/// A value's text for the store: [`ContextStoreError::SerializationFailed`]
+/// if it cannot be written (deeper than [`crate::json::MAX_DEPTH`]).
+pub fn encode(value: &Value) -> Result<JsonText, ContextStoreError> {
+    JsonText::from_value(value).map_err(|e| ContextStoreError::SerializationFailed(e.to_string()))
+}
+
+/// Stored text as a value: [`ContextStoreError::DeserializationFailed`] if
+/// it does not parse.
+pub fn decode(text: Option<JsonText>) -> Result<Option<Value>, ContextStoreError> {
+    text.map(|t| {
+        t.to_value()
+            .map_err(|e| ContextStoreError::DeserializationFailed(e.to_string()))
+    })
+    .transpose()
 }

@@ -69,6 +69,30 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
     Ok(())
 }
 
+/// Checks, without writing, that `conn` holds a contextstore database of
+/// exactly this build's schema: what a read-only open needs.
+pub fn check(conn: &Connection) -> Result<(), ContextStoreError> {
+    let app: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if app != APPLICATION_ID {
+        return Err(ContextStoreError::StorageError(
+            "not a contextstore database".into(),
+        ));
+    }
+    if version > CURRENT_VERSION {
+        return Err(ContextStoreError::StorageError(format!(
+            "database schema version {version} is newer than this build supports ({CURRENT_VERSION})"
+        )));
+    }
+    if version < CURRENT_VERSION {
+        return Err(ContextStoreError::StorageError(format!(
+            "database schema version {version} is older than this build's ({CURRENT_VERSION}); \
+             open it for writing once to migrate it"
+        )));
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

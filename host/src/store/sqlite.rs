@@ -8,16 +8,15 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
-use serde_json::Value;
 
 use super::ContextStore;
-use super::schema;
+use super::{deadline, schema};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
-use crate::json;
+use crate::json::JsonText;
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -40,12 +39,10 @@ pub struct SqliteOptions {
     /// Most idle read connections kept open (default 4). More are opened
     /// when more threads read at once, and closed after use.
     pub readers: usize,
-    /// How long a statement waits for a lock held by another connection or
-    /// process before giving up (default 5 s). Writes that still find the
-    /// database busy are retried until [`SqliteOptions::busy_deadline`].
-    pub busy_timeout: Duration,
-    /// The longest a write keeps retrying a busy database before it fails
-    /// with a storage error (default 60 s).
+    /// The longest a call waits for a database that another connection or
+    /// process holds locked before it fails with a storage error (default
+    /// 60 s). A call made for a step invocation also stops at the
+    /// invocation's deadline.
     pub busy_deadline: Duration,
 }
 
@@ -54,7 +51,6 @@ impl Default for SqliteOptions {
         Self {
             durability: Durability::Full,
             readers: 4,
-            busy_timeout: Duration::from_secs(5),
             busy_deadline: Duration::from_secs(60),
         }
     }
@@ -62,15 +58,20 @@ impl Default for SqliteOptions {
 
 /// A [`ContextStore`] in one SQLite file (or in memory, for tests).
 pub struct SqliteContextStore {
-    writer: Mutex<Connection>,
     /// Idle read-only connections; `None` for an in-memory store, whose
-    /// reads use the writer connection.
+    /// reads use the writer connection. Declared before `writer` so that
+    /// they close first: the writer, closing last, checkpoints the WAL and
+    /// removes the `-wal` file.
     readers: Option<ReaderPool>,
+    /// `None` for a store opened with [`SqliteContextStore::open_read_only`].
+    writer: Option<Mutex<Connection>>,
     options: SqliteOptions,
 }
 
 struct ReaderPool {
     path: PathBuf,
+    /// Open the file as immutable (a read-only file whose WAL index cannot be made).
+    immutable: bool,
     idle: Mutex<Vec<Connection>>,
 }
 
@@ -78,6 +79,7 @@ impl std::fmt::Debug for SqliteContextStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("SqliteContextStore")
             .field("path", &self.readers.as_ref().map(|r| &r.path))
+            .field("read_only", &self.writer.is_none())
             .field("options", &self.options)
             .finish()
     }
@@ -89,7 +91,8 @@ impl SqliteContextStore {
         Self::open_with(path, SqliteOptions::default())
     }
 
-    /// Opens (creating if missing) the database at `path`.
+    /// Opens (creating if missing) the database at `path`, migrating its
+    /// schema to this build's version.
     ///
     /// Fails with a [`ContextStoreError::StorageError`] naming the path when
     /// the file is not a SQLite database, is corrupt, belongs to another
@@ -99,16 +102,12 @@ impl SqliteContextStore {
         options: SqliteOptions,
     ) -> Result<Self, ContextStoreError> {
         let path = path.as_ref();
-        let at = |e: ContextStoreError| match e {
-            ContextStoreError::StorageError(msg) => {
-                ContextStoreError::StorageError(format!("cannot open {}: {msg}", path.display()))
-            }
-            other => other,
-        };
+        let at = |e| naming(path, e);
         let mut writer = Connection::open(path).map_err(|e| at(e.into()))?;
         configure_writer(&mut writer, &options).map_err(at)?;
         let readers = ReaderPool {
             path: path.to_path_buf(),
+            immutable: false,
             idle: Mutex::new(Vec::new()),
         };
         // Open one reader now, so that a broken setup fails at open, not at first read.
@@ -116,8 +115,55 @@ impl SqliteContextStore {
         lock(&readers.idle).push(first);
         tracing::debug!(path = %path.display(), ?options, "opened sqlite context store");
         Ok(Self {
-            writer: Mutex::new(writer),
             readers: Some(readers),
+            writer: Some(Mutex::new(writer)),
+            options,
+        })
+    }
+
+    /// Opens an existing database for reading only: nothing is created or
+    /// migrated, and a file the process may not write (or a read-only
+    /// medium) is fine. Every write fails with a storage error.
+    ///
+    /// Fails, naming the path, when the file does not exist, is not a
+    /// contextstore database, or has a schema other than this build's.
+    pub fn open_read_only(
+        path: impl AsRef<Path>,
+        options: SqliteOptions,
+    ) -> Result<Self, ContextStoreError> {
+        let path = path.as_ref();
+        let at = |e| naming(path, e);
+        if !path.exists() {
+            return Err(at(ContextStoreError::StorageError(
+                "no such database file".into(),
+            )));
+        }
+        let mut readers = ReaderPool {
+            path: path.to_path_buf(),
+            immutable: false,
+            idle: Mutex::new(Vec::new()),
+        };
+        let first = match readers
+            .open(&options)
+            .and_then(|c| check_readable(&c).map(|()| c))
+        {
+            Ok(conn) => conn,
+            // A WAL file that cannot be attached to (no write access to make
+            // its index): read the file as it is.
+            Err(ContextStoreError::StorageError(msg))
+                if msg.contains("unable to open") || msg.contains("readonly") =>
+            {
+                readers.immutable = true;
+                let conn = readers.open(&options).map_err(at)?;
+                check_readable(&conn).map_err(at)?;
+                conn
+            }
+            Err(e) => return Err(at(e)),
+        };
+        lock(&readers.idle).push(first);
+        Ok(Self {
+            readers: Some(readers),
+            writer: None,
             options,
         })
     }
@@ -128,8 +174,8 @@ impl SqliteContextStore {
         let mut writer = Connection::open_in_memory()?;
         schema::migrate(&mut writer)?;
         Ok(Self {
-            writer: Mutex::new(writer),
             readers: None,
+            writer: Some(Mutex::new(writer)),
             options: SqliteOptions::default(),
         })
     }
@@ -141,7 +187,8 @@ impl SqliteContextStore {
         f: impl Fn(&Connection) -> rusqlite::Result<T>,
     ) -> Result<T, ContextStoreError> {
         let Some(pool) = &self.readers else {
-            return Ok(self.retry_busy(|| f(&lock(&self.writer)))?);
+            let writer = self.writer()?;
+            return Ok(self.retry_busy(|| f(&lock(writer)))?);
         };
         let conn = match lock(&pool.idle).pop() {
             Some(conn) => conn,
@@ -155,64 +202,169 @@ impl SqliteContextStore {
         Ok(result?)
     }
 
+    fn writer(&self) -> Result<&Mutex<Connection>, ContextStoreError> {
+        self.writer
+            .as_ref()
+            .ok_or_else(|| ContextStoreError::StorageError("the store was opened read-only".into()))
+    }
+
     /// Runs one write statement on the writer connection.
-    fn write(
-        &self,
-        f: impl Fn(&Connection) -> rusqlite::Result<usize>,
-    ) -> Result<usize, rusqlite::Error> {
-        let conn = lock(&self.writer);
+    fn write(&self, f: impl Fn(&Connection) -> rusqlite::Result<usize>) -> rusqlite::Result<usize> {
+        let Some(writer) = &self.writer else {
+            return Err(rusqlite::Error::SqliteFailure(
+                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
+                Some("the store was opened read-only".into()),
+            ));
+        };
+        let conn = lock(writer);
         self.retry_busy(|| f(&conn))
     }
 
-    /// Runs `f` again while the database is busy past the busy timeout (a
-    /// lock held long by another process, or WAL recovery after a crash),
-    /// up to [`SqliteOptions::busy_deadline`]. Each statement is atomic, so
-    /// a retry never applies anything twice.
+    /// Runs `f`, waiting out a busy database (a lock held by another
+    /// process, or WAL recovery after a crash) until
+    /// [`SqliteOptions::busy_deadline`] or the call's
+    /// [deadline](super::deadline), whichever is first. Each statement is
+    /// atomic, so a retry never applies anything twice.
     fn retry_busy<T>(&self, f: impl Fn() -> rusqlite::Result<T>) -> rusqlite::Result<T> {
-        let started = std::time::Instant::now();
-        loop {
-            match f() {
-                Err(e) if is_busy(&e) && started.elapsed() < self.options.busy_deadline => {
-                    tracing::debug!(error = %e, "database busy, retrying");
-                    std::thread::sleep(Duration::from_millis(10));
+        let give_up = deadline::cap(Instant::now() + self.options.busy_deadline);
+        busy::wait_until(give_up, || {
+            loop {
+                match f() {
+                    Err(e) if is_busy(&e) && Instant::now() < give_up => {
+                        tracing::debug!(error = %e, "database busy, retrying");
+                        std::thread::sleep(
+                            busy::PAUSE.min(give_up.saturating_duration_since(Instant::now())),
+                        );
+                    }
+                    other => return other,
                 }
-                other => return other,
+            }
+        })
+    }
+}
+
+/// Puts the path in front of a storage error's message.
+fn naming(path: &Path, error: ContextStoreError) -> ContextStoreError {
+    match error {
+        ContextStoreError::StorageError(msg) => {
+            ContextStoreError::StorageError(format!("cannot open {}: {msg}", path.display()))
+        }
+        other => other,
+    }
+}
+
+/// Waiting on a busy database. SQLite calls [`handler`] while a lock is
+/// held elsewhere; it sleeps in short pauses until the give-up time of the
+/// call in progress on this thread, so a statement never waits past the
+/// store's busy deadline or the call's deadline.
+mod busy {
+    use std::cell::Cell;
+    use std::time::{Duration, Instant};
+
+    /// The longest single pause while waiting.
+    pub const PAUSE: Duration = Duration::from_millis(5);
+
+    thread_local! {
+        static GIVE_UP: Cell<Option<Instant>> = const { Cell::new(None) };
+    }
+
+    /// Runs `f` with `give_up` as this thread's busy give-up time.
+    pub fn wait_until<T>(give_up: Instant, f: impl FnOnce() -> T) -> T {
+        let outer = GIVE_UP.with(|g| g.replace(Some(give_up)));
+        struct Restore(Option<Instant>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                GIVE_UP.with(|g| g.set(self.0));
             }
         }
+        let _restore = Restore(outer);
+        f()
+    }
+
+    /// SQLite's busy handler: `true` to try again, `false` to give up
+    /// (the statement then fails with `SQLITE_BUSY`).
+    pub fn handler(_attempts: i32) -> bool {
+        let give_up = GIVE_UP
+            .with(Cell::get)
+            .unwrap_or_else(|| Instant::now() + Duration::from_secs(5));
+        let left = give_up.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return false;
+        }
+        std::thread::sleep(PAUSE.min(left));
+        true
     }
 }
 
 impl ReaderPool {
-    fn open(&self, options: &SqliteOptions) -> Result<Connection, ContextStoreError> {
+    fn open(&self, _options: &SqliteOptions) -> Result<Connection, ContextStoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
-        let conn = Connection::open_with_flags(&self.path, flags)?;
-        conn.busy_timeout(options.busy_timeout)?;
+        let mut conn = if self.immutable {
+            let uri = format!("file:{}?immutable=1", uri_path(&self.path));
+            Connection::open_with_flags(uri, flags)?
+        } else {
+            Connection::open_with_flags(&self.path, flags)?
+        };
+        conn.busy_handler(Some(busy::handler))?;
         conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
     }
+}
+
+/// A path as the path part of an SQLite `file:` URI.
+fn uri_path(path: &Path) -> String {
+    let text = path.to_string_lossy();
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '?' | '#' | '%' => out.push_str(&format!("%{:02X}", c as u32)),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Checks that a read connection sees a contextstore database of this
+/// build's schema.
+fn check_readable(conn: &Connection) -> Result<(), ContextStoreError> {
+    schema::check(conn)
 }
 
 fn configure_writer(
     conn: &mut Connection,
     options: &SqliteOptions,
 ) -> Result<(), ContextStoreError> {
-    conn.busy_timeout(options.busy_timeout)?;
-    let mode: String =
-        conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
-    if !mode.eq_ignore_ascii_case("wal") {
-        return Err(ContextStoreError::StorageError(format!(
-            "could not switch to WAL mode (journal_mode is {mode})"
-        )));
-    }
-    let synchronous = match options.durability {
-        Durability::Full => "FULL",
-        Durability::Normal => "NORMAL",
-    };
-    conn.pragma_update(None, "synchronous", synchronous)?;
-    conn.pragma_update(None, "foreign_keys", true)?;
-    schema::migrate(conn)
+    conn.busy_handler(Some(busy::handler))?;
+    let give_up = Instant::now() + options.busy_deadline;
+    busy::wait_until(give_up, || {
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(ContextStoreError::StorageError(format!(
+                "could not switch to WAL mode (journal_mode is {mode})"
+            )));
+        }
+        let synchronous = match options.durability {
+            Durability::Full => "FULL",
+            Durability::Normal => "NORMAL",
+        };
+        conn.pragma_update(None, "synchronous", synchronous)?;
+        conn.pragma_update(None, "foreign_keys", true)?;
+        // Another process may hold the database while it migrates or writes:
+        // wait for it like any busy write.
+        loop {
+            match schema::migrate(conn) {
+                Err(ContextStoreError::StorageError(msg))
+                    if msg.contains("database is locked") && Instant::now() < give_up =>
+                {
+                    std::thread::sleep(busy::PAUSE);
+                }
+                other => return other,
+            }
+        }
+    })
 }
 
 /// Locks a mutex, recovering from poisoning: every operation on the guarded
@@ -243,30 +395,18 @@ fn now_millis() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
 
-fn encode(value: &Value) -> Result<String, ContextStoreError> {
-    json::to_text(value).map_err(|e| ContextStoreError::SerializationFailed(e.to_string()))
-}
-
-fn decode(text: Option<String>) -> Result<Option<Value>, ContextStoreError> {
-    text.map(|t| {
-        json::parse(&t).map_err(|e| ContextStoreError::DeserializationFailed(e.to_string()))
-    })
-    .transpose()
-}
-
 impl ContextStore for SqliteContextStore {
-    fn put(
+    fn put_text(
         &self,
         flow_run_id: FlowRunId,
         node_id: NodeId,
-        value: &Value,
+        value: &JsonText,
     ) -> Result<(), ContextStoreError> {
-        let text = encode(value)?;
         let result = self.write(|conn| {
             conn.prepare_cached(
                 "INSERT INTO outputs (flow_run_id, node_id, value, written_at) VALUES (?1, ?2, ?3, ?4)",
             )?
-            .execute(params![flow_run_id.as_bytes(), node_id.as_bytes(), text, now_millis()])
+            .execute(params![flow_run_id.as_bytes(), node_id.as_bytes(), value.as_str(), now_millis()])
         });
         match result {
             Ok(_) => Ok(()),
@@ -278,12 +418,12 @@ impl ContextStore for SqliteContextStore {
         }
     }
 
-    fn get(
+    fn get_text(
         &self,
         flow_run_id: FlowRunId,
         node_id: NodeId,
-    ) -> Result<Option<Value>, ContextStoreError> {
-        let text = self.read(|conn| {
+    ) -> Result<Option<JsonText>, ContextStoreError> {
+        let text: Option<String> = self.read(|conn| {
             conn.prepare_cached(
                 "SELECT value FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
             )?
@@ -292,7 +432,7 @@ impl ContextStore for SqliteContextStore {
             })
             .optional()
         })?;
-        decode(text)
+        Ok(text.map(JsonText::from_stored))
     }
 
     fn list_keys(&self, flow_run_id: FlowRunId) -> Result<Vec<NodeId>, ContextStoreError> {
@@ -307,11 +447,10 @@ impl ContextStore for SqliteContextStore {
             .collect())
     }
 
-    fn put_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError> {
-        let text = encode(value)?;
+    fn put_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError> {
         let result = self.write(|conn| {
             conn.prepare_cached("INSERT INTO globals (key, value, written_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![key, text, now_millis()])
+                .execute(params![key, value.as_str(), now_millis()])
         });
         match result {
             Ok(_) => Ok(()),
@@ -322,25 +461,24 @@ impl ContextStore for SqliteContextStore {
         }
     }
 
-    fn upsert_global(&self, key: &str, value: &Value) -> Result<(), ContextStoreError> {
-        let text = encode(value)?;
+    fn upsert_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError> {
         self.write(|conn| {
             conn.prepare_cached(
                 "INSERT INTO globals (key, value, written_at) VALUES (?1, ?2, ?3)
                  ON CONFLICT (key) DO UPDATE SET value = excluded.value, written_at = excluded.written_at",
             )?
-            .execute(params![key, text, now_millis()])
+            .execute(params![key, value.as_str(), now_millis()])
         })?;
         Ok(())
     }
 
-    fn get_global(&self, key: &str) -> Result<Option<Value>, ContextStoreError> {
-        let text = self.read(|conn| {
+    fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError> {
+        let text: Option<String> = self.read(|conn| {
             conn.prepare_cached("SELECT value FROM globals WHERE key = ?1")?
                 .query_row(params![key], |row| row.get(0))
                 .optional()
         })?;
-        decode(text)
+        Ok(text.map(JsonText::from_stored))
     }
 }
 
@@ -391,7 +529,7 @@ mod tests {
     #[test]
     fn applies_wal_and_full_sync_by_default() {
         let (_dir, store) = temp_store();
-        let conn = lock(&store.writer);
+        let conn = lock(store.writer.as_ref().unwrap());
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
@@ -410,7 +548,7 @@ mod tests {
             ..Default::default()
         };
         let store = SqliteContextStore::open_with(dir.path().join("n.db"), options).unwrap();
-        let sync: i64 = lock(&store.writer)
+        let sync: i64 = lock(store.writer.as_ref().unwrap())
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 1);
