@@ -44,6 +44,9 @@ pub struct SqliteOptions {
     /// 60 s). A call made for a step invocation also stops at the
     /// invocation's deadline.
     pub busy_deadline: Duration,
+    /// The SQLite VFS to open the file with (`None`: the default). Tests
+    /// use it to put a fault-injecting VFS under the store.
+    pub vfs: Option<String>,
 }
 
 impl Default for SqliteOptions {
@@ -52,6 +55,7 @@ impl Default for SqliteOptions {
             durability: Durability::Full,
             readers: 4,
             busy_deadline: Duration::from_secs(60),
+            vfs: None,
         }
     }
 }
@@ -103,7 +107,15 @@ impl SqliteContextStore {
     ) -> Result<Self, ContextStoreError> {
         let path = path.as_ref();
         let at = |e| naming(path, e);
-        let mut writer = Connection::open(path).map_err(|e| at(e.into()))?;
+        let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+            | OpenFlags::SQLITE_OPEN_CREATE
+            | OpenFlags::SQLITE_OPEN_NO_MUTEX
+            | OpenFlags::SQLITE_OPEN_URI;
+        let mut writer = match &options.vfs {
+            Some(vfs) => Connection::open_with_flags_and_vfs(path, flags, vfs.as_str()),
+            None => Connection::open_with_flags(path, flags),
+        }
+        .map_err(|e| at(e.into()))?;
         configure_writer(&mut writer, &options).map_err(at)?;
         let readers = ReaderPool {
             path: path.to_path_buf(),
@@ -297,15 +309,18 @@ mod busy {
 }
 
 impl ReaderPool {
-    fn open(&self, _options: &SqliteOptions) -> Result<Connection, ContextStoreError> {
+    fn open(&self, options: &SqliteOptions) -> Result<Connection, ContextStoreError> {
         let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
-        let mut conn = if self.immutable {
-            let uri = format!("file:{}?immutable=1", uri_path(&self.path));
-            Connection::open_with_flags(uri, flags)?
+        let target = if self.immutable {
+            PathBuf::from(format!("file:{}?immutable=1", uri_path(&self.path)))
         } else {
-            Connection::open_with_flags(&self.path, flags)?
+            self.path.clone()
+        };
+        let mut conn = match &options.vfs {
+            Some(vfs) => Connection::open_with_flags_and_vfs(&target, flags, vfs.as_str())?,
+            None => Connection::open_with_flags(&target, flags)?,
         };
         conn.busy_handler(Some(busy::handler))?;
         conn.pragma_update(None, "query_only", true)?;
