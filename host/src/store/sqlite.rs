@@ -14,9 +14,13 @@ use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
 use super::ContextStore;
 use super::{deadline, schema};
+
+mod group_commit;
+
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use group_commit::{GroupCommit, MAX_BATCH, WriteOp};
 
 /// How hard a commit waits for the disk.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -47,6 +51,10 @@ pub struct SqliteOptions {
     /// The SQLite VFS to open the file with (`None`: the default). Tests
     /// use it to put a fault-injecting VFS under the store.
     pub vfs: Option<String>,
+    /// Whether concurrent writes share commits (default `true`): see
+    /// [the store's docs](SqliteContextStore). `false` commits every write
+    /// on its own, as the original store did.
+    pub group_commit: bool,
 }
 
 impl Default for SqliteOptions {
@@ -56,6 +64,7 @@ impl Default for SqliteOptions {
             readers: 4,
             busy_deadline: Duration::from_secs(60),
             vfs: None,
+            group_commit: true,
         }
     }
 }
@@ -67,8 +76,9 @@ pub struct SqliteContextStore {
     /// they close first: the writer, closing last, checkpoints the WAL and
     /// removes the `-wal` file.
     readers: Option<ReaderPool>,
-    /// `None` for a store opened with [`SqliteContextStore::open_read_only`].
-    writer: Option<Mutex<Connection>>,
+    /// The writer connection behind group commit; `None` for a store
+    /// opened with [`SqliteContextStore::open_read_only`].
+    writer: Option<GroupCommit>,
     options: SqliteOptions,
 }
 
@@ -126,9 +136,10 @@ impl SqliteContextStore {
         let first = readers.open(&options).map_err(at)?;
         lock(&readers.idle).push(first);
         tracing::debug!(path = %path.display(), ?options, "opened sqlite context store");
+        let max_batch = if options.group_commit { MAX_BATCH } else { 1 };
         Ok(Self {
             readers: Some(readers),
-            writer: Some(Mutex::new(writer)),
+            writer: Some(GroupCommit::new(writer, max_batch)),
             options,
         })
     }
@@ -187,7 +198,7 @@ impl SqliteContextStore {
         schema::migrate(&mut writer)?;
         Ok(Self {
             readers: None,
-            writer: Some(Mutex::new(writer)),
+            writer: Some(GroupCommit::new(writer, MAX_BATCH)),
             options: SqliteOptions::default(),
         })
     }
@@ -200,7 +211,7 @@ impl SqliteContextStore {
     ) -> Result<T, ContextStoreError> {
         let Some(pool) = &self.readers else {
             let writer = self.writer()?;
-            return Ok(self.retry_busy(|| f(&lock(writer)))?);
+            return Ok(self.retry_busy(|| f(&writer.connection()))?);
         };
         let conn = match lock(&pool.idle).pop() {
             Some(conn) => conn,
@@ -214,22 +225,18 @@ impl SqliteContextStore {
         Ok(result?)
     }
 
-    fn writer(&self) -> Result<&Mutex<Connection>, ContextStoreError> {
+    fn writer(&self) -> Result<&GroupCommit, ContextStoreError> {
         self.writer
             .as_ref()
             .ok_or_else(|| ContextStoreError::StorageError("the store was opened read-only".into()))
     }
 
-    /// Runs one write statement on the writer connection.
-    fn write(&self, f: impl Fn(&Connection) -> rusqlite::Result<usize>) -> rusqlite::Result<usize> {
-        let Some(writer) = &self.writer else {
-            return Err(rusqlite::Error::SqliteFailure(
-                rusqlite::ffi::Error::new(rusqlite::ffi::SQLITE_READONLY),
-                Some("the store was opened read-only".into()),
-            ));
-        };
-        let conn = lock(writer);
-        self.retry_busy(|| f(&conn))
+    /// Runs one write through group commit: it shares the next commit
+    /// with the writes of other threads, and returns its own result once
+    /// that commit is done.
+    fn write(&self, op: WriteOp) -> Result<(), ContextStoreError> {
+        let give_up = deadline::cap(Instant::now() + self.options.busy_deadline);
+        self.writer()?.submit(op, give_up)
     }
 
     /// Runs `f`, waiting out a busy database (a lock held by another
@@ -417,20 +424,11 @@ impl ContextStore for SqliteContextStore {
         node_id: NodeId,
         value: &JsonText,
     ) -> Result<(), ContextStoreError> {
-        let result = self.write(|conn| {
-            conn.prepare_cached(
-                "INSERT INTO outputs (flow_run_id, node_id, value, written_at) VALUES (?1, ?2, ?3, ?4)",
-            )?
-            .execute(params![flow_run_id.as_bytes(), node_id.as_bytes(), value.as_str(), now_millis()])
-        });
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_primary_key_violation(&e) => Err(ContextStoreError::AlreadyExists {
-                flow_run_id,
-                node_id,
-            }),
-            Err(e) => Err(e.into()),
-        }
+        self.write(WriteOp::Put {
+            flow_run_id,
+            node_id,
+            value: value.clone(),
+        })
     }
 
     fn get_text(
@@ -463,28 +461,17 @@ impl ContextStore for SqliteContextStore {
     }
 
     fn put_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError> {
-        let result = self.write(|conn| {
-            conn.prepare_cached("INSERT INTO globals (key, value, written_at) VALUES (?1, ?2, ?3)")?
-                .execute(params![key, value.as_str(), now_millis()])
-        });
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_primary_key_violation(&e) => Err(ContextStoreError::GlobalAlreadyExists {
-                key: key.to_owned(),
-            }),
-            Err(e) => Err(e.into()),
-        }
+        self.write(WriteOp::PutGlobal {
+            key: key.to_owned(),
+            value: value.clone(),
+        })
     }
 
     fn upsert_global_text(&self, key: &str, value: &JsonText) -> Result<(), ContextStoreError> {
-        self.write(|conn| {
-            conn.prepare_cached(
-                "INSERT INTO globals (key, value, written_at) VALUES (?1, ?2, ?3)
-                 ON CONFLICT (key) DO UPDATE SET value = excluded.value, written_at = excluded.written_at",
-            )?
-            .execute(params![key, value.as_str(), now_millis()])
-        })?;
-        Ok(())
+        self.write(WriteOp::UpsertGlobal {
+            key: key.to_owned(),
+            value: value.clone(),
+        })
     }
 
     fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError> {
@@ -544,7 +531,7 @@ mod tests {
     #[test]
     fn applies_wal_and_full_sync_by_default() {
         let (_dir, store) = temp_store();
-        let conn = lock(store.writer.as_ref().unwrap());
+        let conn = store.writer.as_ref().unwrap().connection();
         let mode: String = conn
             .pragma_query_value(None, "journal_mode", |r| r.get(0))
             .unwrap();
@@ -563,7 +550,11 @@ mod tests {
             ..Default::default()
         };
         let store = SqliteContextStore::open_with(dir.path().join("n.db"), options).unwrap();
-        let sync: i64 = lock(store.writer.as_ref().unwrap())
+        let sync: i64 = store
+            .writer
+            .as_ref()
+            .unwrap()
+            .connection()
             .pragma_query_value(None, "synchronous", |r| r.get(0))
             .unwrap();
         assert_eq!(sync, 1);
