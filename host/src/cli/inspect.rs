@@ -5,7 +5,9 @@ use std::io::Read;
 use anyhow::Context as _;
 use contextstore::{FlowRunId, NodeId};
 
-use super::{DbArgs, Outcome, parse_json, print_json};
+use contextstore::json::{self, JsonText};
+
+use super::{DbArgs, Outcome};
 
 /// `contextstore get`.
 #[derive(clap::Args)]
@@ -60,8 +62,11 @@ pub enum GlobalCommand {
 /// Prints a node's output.
 pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let store = args.db.open()?;
-    match store.get(args.flow_run, args.node)? {
-        Some(value) => print_json(&value).map(|()| Outcome::Done),
+    match store.get_text(args.flow_run, args.node)? {
+        Some(text) => {
+            println!("{text}");
+            Ok(Outcome::Done)
+        }
         None => {
             eprintln!("no output for ({}, {})", args.flow_run, args.node);
             Ok(Outcome::NotFound)
@@ -83,8 +88,11 @@ pub fn list(args: ListArgs) -> anyhow::Result<Outcome> {
 /// Runs a `global` subcommand.
 pub fn global(command: GlobalCommand) -> anyhow::Result<Outcome> {
     match command {
-        GlobalCommand::Get { db, key } => match db.open()?.get_global(&key)? {
-            Some(value) => print_json(&value).map(|()| Outcome::Done),
+        GlobalCommand::Get { db, key } => match db.open()?.get_global_text(&key)? {
+            Some(text) => {
+                println!("{text}");
+                Ok(Outcome::Done)
+            }
             None => {
                 eprintln!("no global {key:?}");
                 Ok(Outcome::NotFound)
@@ -92,19 +100,20 @@ pub fn global(command: GlobalCommand) -> anyhow::Result<Outcome> {
         },
         GlobalCommand::Put { db, key, json } => {
             let value = value_argument(json)?;
-            db.open()?.put_global(&key, &value)?;
+            db.open()?.put_global_text(&key, &value)?;
             Ok(Outcome::Done)
         }
         GlobalCommand::Upsert { db, key, json } => {
             let value = value_argument(json)?;
-            db.open()?.upsert_global(&key, &value)?;
+            db.open()?.upsert_global_text(&key, &value)?;
             Ok(Outcome::Done)
         }
     }
 }
 
-/// The JSON argument, or stdin when it is omitted.
-fn value_argument(json: Option<String>) -> anyhow::Result<serde_json::Value> {
+/// The JSON argument, or stdin when it is omitted, checked and kept exactly
+/// as written.
+fn value_argument(json: Option<String>) -> anyhow::Result<JsonText> {
     let text = match json {
         Some(text) => text,
         None => {
@@ -115,5 +124,5 @@ fn value_argument(json: Option<String>) -> anyhow::Result<serde_json::Value> {
             text
         }
     };
-    parse_json(&text, "the value")
+    JsonText::parse(text, json::MAX_DEPTH).context("invalid JSON in the value")
 }

@@ -189,7 +189,9 @@ impl EngineSet {
 pub struct Runtime {
     plain: EngineSet,
     metered: EngineSet,
-    compiled: Mutex<HashMap<(blake3::Hash, Metering), StepPre<StepState>>>,
+    /// Compilations by content hash and metering, with the name the
+    /// component was first loaded under.
+    compiled: Mutex<HashMap<(blake3::Hash, Metering), (Arc<str>, StepPre<StepState>)>>,
     /// Held while compiling, so that each component is compiled once.
     compiling: Mutex<()>,
     cache: Option<CodeCache>,
@@ -269,9 +271,9 @@ impl Runtime {
     /// time an invocation with a fuel budget needs it.)
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
         let hash = blake3::hash(bytes);
-        let pre = self.prepare(name, &hash, bytes, Metering::Off)?;
+        let (name, pre) = self.prepare(name, &hash, bytes, Metering::Off)?;
         Ok(StepComponent {
-            name: name.into(),
+            name,
             hash,
             bytes: Arc::from(bytes),
             pre,
@@ -286,7 +288,7 @@ impl Runtime {
         hash: &blake3::Hash,
         bytes: &[u8],
         metering: Metering,
-    ) -> Result<StepPre<StepState>, LoadError> {
+    ) -> Result<(Arc<str>, StepPre<StepState>), LoadError> {
         let key = (*hash, metering);
         let lookup = || {
             let compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
@@ -332,11 +334,12 @@ impl Runtime {
             .map_err(wrong_world)?;
         let pre = StepPre::new(instance_pre).map_err(wrong_world)?;
         tracing::info!(name, bytes = bytes.len(), ?metering, elapsed = ?started.elapsed(), "loaded component");
+        let loaded = (Arc::<str>::from(name), pre);
         self.compiled
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, pre.clone());
-        Ok(pre)
+            .insert(key, loaded.clone());
+        Ok(loaded)
     }
 
     /// Runs one invocation of `component` against `store`, blocking the
@@ -424,7 +427,8 @@ impl Runtime {
                     &component.bytes,
                     Metering::Fuel,
                 )
-                .map_err(|e| StepError::Instantiate(e.to_string()))?,
+                .map_err(|e| StepError::Instantiate(e.to_string()))?
+                .1,
             ),
         };
 
