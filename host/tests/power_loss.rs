@@ -20,7 +20,9 @@
 //! Under `Durability::Full` nothing acknowledged may be lost; under
 //! `Durability::Normal` losses are counted but nothing may be corrupt. A
 //! store that acknowledges before its commit is synced (`Normal` held to
-//! `Full`'s promise) must be caught.
+//! `Full`'s promise) must be caught, and so must one whose checkpoints do
+//! not sync the database file (`synchronous=OFF` on the checkpointing
+//! connection).
 //!
 //! `POWER_LOSS_CUTS=N` sets the cuts per durability (default 500),
 //! `POWER_LOSS_SEED=S` the seed. Figures: run with `--nocapture`.
