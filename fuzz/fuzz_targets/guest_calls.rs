@@ -31,6 +31,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use arbitrary::Arbitrary;
+use contextstore::grant::RESERVED_PREFIX;
 use contextstore::guest_store::{GuestResult, GuestStore};
 use contextstore::{
     ContextStore, ContextStoreError, FlowRunId, Grant, Limits, NodeId, SqliteContextStore,
@@ -108,6 +109,8 @@ enum KeyText {
     Pool(u8),
     Writable(String),
     Readable(String),
+    /// Under the host's reserved prefix: refused whatever the grant.
+    Reserved(String),
     Raw(String),
 }
 
@@ -117,6 +120,7 @@ impl KeyText {
             Self::Pool(i) => KEY_POOL[usize::from(*i) % KEY_POOL.len()].to_owned(),
             Self::Writable(s) => format!("w/{s}"),
             Self::Readable(s) => format!("r/{s}"),
+            Self::Reserved(s) => format!("{RESERVED_PREFIX}{s}"),
             Self::Raw(s) => s.clone(),
         }
     }
@@ -413,11 +417,20 @@ struct Guest {
 
 impl Guest {
     fn may_read(&self, key: &str) -> bool {
-        self.read_prefixes.iter().any(|p| key.starts_with(p))
+        !key.starts_with(RESERVED_PREFIX) && self.read_prefixes.iter().any(|p| key.starts_with(p))
     }
 
     fn may_write(&self, key: &str) -> bool {
-        self.write_prefixes.iter().any(|p| key.starts_with(p))
+        !key.starts_with(RESERVED_PREFIX) && self.write_prefixes.iter().any(|p| key.starts_with(p))
+    }
+
+    /// A key longer than the limit is refused before the grant is asked.
+    fn key_refusals(&self, key: &str, refusals: &mut Refusals) -> bool {
+        if key.len() > self.limits.max_key_bytes {
+            refusals.push("quota-exceeded");
+            return false;
+        }
+        true
     }
 
     /// Every write call counts, refused ones included, up to the limit.
@@ -516,6 +529,7 @@ impl World {
             &["w/"],
             Limits {
                 max_value_bytes: 256,
+                max_key_bytes: 24,
                 max_writes: 16,
                 max_json_depth: 4,
                 ..Limits::default()
@@ -698,10 +712,12 @@ impl World {
         let mut refusals = Refusals::new();
         let guest = &mut self.guests[who as usize];
         guest.count_write(&mut refusals);
-        if !guest.may_write(&key) {
-            refusals.push("access-denied");
-        } else if exists && !upsert {
-            refusals.push("global-already-exists");
+        if guest.key_refusals(&key, &mut refusals) {
+            if !guest.may_write(&key) {
+                refusals.push("access-denied");
+            } else if exists && !upsert {
+                refusals.push("global-already-exists");
+            }
         }
         let value = guest.check_value(&text, &mut refusals);
         let result = if upsert {
@@ -719,6 +735,7 @@ impl World {
                     .get_global(&key)
                     .unwrap_or_else(|e| panic!("{call}: reading back: {e}"))
                     .unwrap_or_else(|| panic!("{call}: Ok, but nothing to read back"));
+                assert_eq!(back, text, "{call}: the text did not come back byte for byte");
                 let back = parse(&back)
                     .unwrap_or_else(|e| panic!("{call}: read back {back:?}, not JSON: {e}"));
                 assert_eq!(back, value, "{call}: read back a different value");
@@ -734,7 +751,7 @@ impl World {
         let call = format!("{who:?}.get_global({key:?})");
         let mut refusals = Refusals::new();
         let guest = &mut self.guests[who as usize];
-        if !guest.may_read(&key) {
+        if guest.key_refusals(&key, &mut refusals) && !guest.may_read(&key) {
             refusals.push("access-denied");
         }
         let result = guest.store.get_global(&key);
