@@ -49,7 +49,8 @@ fn the_tiny_flow_runs_from_the_command_line() {
     assert!(shout.status.success(), "{}", text(&shout.stderr));
     assert_eq!(
         text(&shout.stdout),
-        format!("{{\"from\":\"{GREET}\",\"shout\":\"HELLO, ADA!\"}}\n")
+        // Exactly the text the step wrote, in its field order.
+        format!("{{\"shout\":\"HELLO, ADA!\",\"from\":\"{GREET}\"}}\n")
     );
 
     let listed = cli(&["list", "--db", db, RUN]);

@@ -5,7 +5,7 @@ use std::io::{Read, Write};
 use anyhow::Context as _;
 use contextstore::{FlowRunId, NodeId};
 
-use super::{DbArgs, Outcome, output, parse_json, print_json};
+use super::{DbArgs, Outcome, output, parse_json};
 
 /// `contextstore get`.
 #[derive(clap::Args)]
@@ -60,8 +60,9 @@ pub enum GlobalCommand {
 /// Prints a node's output.
 pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let store = args.db.open_read_only()?;
-    match store.get(args.flow_run, args.node)? {
-        Some(value) => print_json(&value).map(|()| Outcome::Done),
+    // The stored text as written, byte for byte.
+    match store.get_text(args.flow_run, args.node)? {
+        Some(text) => output::line(text).map(|()| Outcome::Done),
         None => {
             output::note(format_args!(
                 "no output for ({}, {})",
@@ -88,8 +89,8 @@ pub fn list(args: ListArgs) -> anyhow::Result<Outcome> {
 /// Runs a `global` subcommand.
 pub fn global(command: GlobalCommand) -> anyhow::Result<Outcome> {
     match command {
-        GlobalCommand::Get { db, key } => match db.open_read_only()?.get_global(&key)? {
-            Some(value) => print_json(&value).map(|()| Outcome::Done),
+        GlobalCommand::Get { db, key } => match db.open_read_only()?.get_global_text(&key)? {
+            Some(text) => output::line(text).map(|()| Outcome::Done),
             None => {
                 output::note(format_args!("no global {key:?}"));
                 Ok(Outcome::NotFound)

@@ -147,8 +147,3 @@ fn init_tracing() {
 pub fn parse_json(text: &str, what: &str) -> anyhow::Result<serde_json::Value> {
     contextstore::json::parse(text).with_context(|| format!("invalid JSON in {what}"))
 }
-
-/// Prints a value as one line of JSON on stdout.
-pub fn print_json(value: &serde_json::Value) -> anyhow::Result<()> {
-    output::line(contextstore::json::to_text(value)?)
-}

@@ -127,11 +127,13 @@ impl CodeCache {
     }
 
     /// The part of an entry's name that names the engine: a hash of its
-    /// compatibility hash (wasmtime version, settings, target) and this
-    /// crate's version.
+    /// compatibility hash (wasmtime version, settings, target), this
+    /// crate's version and the entry format, so that builds sharing a
+    /// cache directory never read (or overwrite) each other's entries.
     pub fn engine_hash(engine: &Engine) -> String {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        MAGIC.hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
