@@ -32,16 +32,16 @@ fn globals_put_get_upsert_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
     let db = db.to_str().unwrap();
-    let missing = contextstore(&["global", "get", "--db", db, "k"]);
-    assert_eq!(missing.status.code(), Some(1));
-    assert!(missing.stdout.is_empty());
-
     assert_eq!(
         contextstore(&["global", "put", "--db", db, "k", r#"{"a": [1, 2]}"#])
             .status
             .code(),
         Some(0)
     );
+    let missing = contextstore(&["global", "get", "--db", db, "other"]);
+    assert_eq!(missing.status.code(), Some(1));
+    assert!(missing.stdout.is_empty());
+
     let got = contextstore(&["global", "get", "--db", db, "k"]);
     assert_eq!(got.status.code(), Some(0));
     assert_eq!(String::from_utf8_lossy(&got.stdout), "{\"a\":[1,2]}\n");
@@ -102,6 +102,12 @@ fn get_and_list_of_an_empty_run() {
     let db = db.to_str().unwrap();
     let run = "67e55044-10b1-426f-9247-bb680e5fe0c8";
     let node = "00000000-0000-4000-8000-000000000001";
+    // A database with a global only: the run has no outputs.
+    assert!(
+        contextstore(&["global", "put", "--db", db, "k", "1"])
+            .status
+            .success()
+    );
     let got = contextstore(&["get", "--db", db, run, node]);
     assert_eq!(got.status.code(), Some(1));
     let listed = contextstore(&["list", "--db", db, run]);
@@ -132,4 +138,224 @@ fn a_file_that_is_not_a_database_is_one_error_line() {
     .unwrap();
     let out = contextstore(&["global", "get", "--db", db.to_str().unwrap(), "k"]);
     assert_one_error_line(&out, "junk.db");
+}
+
+const RUN: &str = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+const NODE: &str = "00000000-0000-4000-8000-000000000001";
+
+/// The names in `dir`, sorted.
+fn names(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+#[test]
+fn read_only_commands_do_not_create_a_missing_database() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("typo.db");
+    let db = db.to_str().unwrap();
+    for args in [
+        vec!["get", "--db", db, RUN, NODE],
+        vec!["list", "--db", db, RUN],
+        vec!["global", "get", "--db", db, "k"],
+    ] {
+        let out = contextstore(&args);
+        assert_one_error_line(&out, "no such database file");
+        assert!(
+            names(dir.path()).is_empty(),
+            "{args:?} created {:?}",
+            names(dir.path())
+        );
+    }
+}
+
+/// Makes `path` immutable (`chattr +i`) until dropped; `None` where the
+/// file system or the user cannot.
+struct Immutable(Vec<std::path::PathBuf>);
+
+impl Immutable {
+    fn set(paths: &[&std::path::Path]) -> Option<Self> {
+        let mut done = Immutable(Vec::new());
+        for path in paths {
+            let ok = Command::new("chattr")
+                .arg("+i")
+                .arg(path)
+                .output()
+                .is_ok_and(|o| o.status.success());
+            if !ok {
+                return None;
+            }
+            done.0.push(path.to_path_buf());
+        }
+        Some(done)
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        for path in &self.0 {
+            let _ = Command::new("chattr").arg("-i").arg(path).output();
+        }
+    }
+}
+
+#[test]
+fn read_only_commands_work_on_a_database_that_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("ro.db");
+    let db = db_path.to_str().unwrap();
+    assert!(
+        contextstore(&["global", "put", "--db", db, "k", "[1,2]"])
+            .status
+            .success()
+    );
+    let before = names(dir.path());
+    assert_eq!(before, ["ro.db"]);
+    let mut perms = std::fs::metadata(&db_path).unwrap().permissions();
+    perms.set_readonly(true);
+    std::fs::set_permissions(&db_path, perms).unwrap();
+    // Root ignores permission bits; an immutable file in an immutable
+    // directory stops root too.
+    let _immutable = Immutable::set(&[&db_path, dir.path()]);
+    if _immutable.is_none() {
+        eprintln!("chattr +i unavailable: checking with mode 0444 only");
+    }
+
+    let got = contextstore(&["global", "get", "--db", db, "k"]);
+    assert_eq!(got.status.code(), Some(0), "{}", stderr(&got));
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "[1,2]\n");
+    let listed = contextstore(&["list", "--db", db, RUN]);
+    assert_eq!(listed.status.code(), Some(0), "{}", stderr(&listed));
+    assert_eq!(
+        contextstore(&["get", "--db", db, RUN, NODE]).status.code(),
+        Some(1)
+    );
+    if _immutable.is_some() {
+        // A write cannot succeed, and says so in one line.
+        let put = contextstore(&["global", "put", "--db", db, "k2", "1"]);
+        assert_eq!(put.status.code(), Some(2), "{}", stderr(&put));
+    }
+    assert_eq!(names(dir.path()), before, "files were created");
+}
+
+#[test]
+fn an_older_schema_is_reported_not_migrated() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("old.db");
+    let db = db_path.to_str().unwrap();
+    assert!(
+        contextstore(&["global", "put", "--db", db, "k", "1"])
+            .status
+            .success()
+    );
+    let user_version = || {
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.pragma_query_value(None, "user_version", |r| r.get::<_, i64>(0))
+            .unwrap()
+    };
+    {
+        let conn = rusqlite::Connection::open(&db_path).unwrap();
+        conn.pragma_update(None, "user_version", 0).unwrap();
+    }
+    for args in [
+        vec!["global", "get", "--db", db, "k"],
+        vec!["list", "--db", db, RUN],
+        vec!["get", "--db", db, RUN, NODE],
+    ] {
+        let out = contextstore(&args);
+        assert_one_error_line(&out, "older than this build");
+        assert_eq!(user_version(), 0, "{args:?} migrated the database");
+    }
+}
+
+#[test]
+fn opening_waits_for_a_busy_database() {
+    // A lock held while another process opens (and migrates) the store:
+    // the open waits for it instead of failing.
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("busy.db");
+    let conn = rusqlite::Connection::open(&db_path).unwrap();
+    conn.execute_batch("PRAGMA journal_mode=WAL; BEGIN IMMEDIATE; CREATE TABLE held(x);")
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_contextstore"))
+        .args(["global", "put", "--db", db_path.to_str().unwrap(), "k", "1"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_secs(1));
+    // Still waiting: the lock is held.
+    let mut child = child;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "did not wait for the lock"
+    );
+    conn.execute_batch("ROLLBACK").unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let got = contextstore(&["global", "get", "--db", db_path.to_str().unwrap(), "k"]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "1\n");
+}
+
+#[test]
+fn a_closed_stdout_ends_list_quietly() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let db_path = dir.path().join("many.db");
+    {
+        let store = contextstore::SqliteContextStore::open_with(
+            &db_path,
+            contextstore::SqliteOptions {
+                durability: contextstore::Durability::Normal,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        let run: contextstore::FlowRunId = RUN.parse().unwrap();
+        for _ in 0..20_000 {
+            contextstore::ContextStore::put(
+                &store,
+                run,
+                contextstore::NodeId::new(),
+                &serde_json::json!(0),
+            )
+            .unwrap();
+        }
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_contextstore"))
+        .args(["list", "--db", db_path.to_str().unwrap(), RUN])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert_eq!(first.trim().len(), 36, "{first:?}");
+    // The reader is gone (`| head -1`).
+    let out = wait_at_most(child, std::time::Duration::from_secs(10));
+    let text = stderr(&out);
+    assert!(
+        !text.contains("panicked") && !text.contains("error"),
+        "{text}"
+    );
+    assert_eq!(out.status.code(), Some(0), "{text}");
+}
+
+/// Waits for `child`, killing it and failing after `limit`.
+fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
 }

@@ -49,7 +49,7 @@ fn the_tiny_flow_runs_from_the_command_line() {
     assert!(shout.status.success(), "{}", text(&shout.stderr));
     assert_eq!(
         text(&shout.stdout),
-        // Exactly as the step wrote it: field order kept.
+        // Exactly the text the step wrote, in its field order.
         format!("{{\"shout\":\"HELLO, ADA!\",\"from\":\"{GREET}\"}}\n")
     );
 
@@ -151,4 +151,182 @@ fn bad_arguments_are_one_error_line() {
     }
     let not_a_component = run_step("/etc/hostname", db, GREET, &[]);
     assert!(text(&not_a_component.stderr).contains("not a valid WebAssembly component"));
+}
+
+/// The example diamond flow, with the components this build made.
+fn diamond_flow(dir: &std::path::Path) -> std::path::PathBuf {
+    let flow = dir.join("diamond.toml");
+    let text = format!(
+        "name = \"diamond\"\n\
+         [nodes.greet]\ncomponent = \"{}\"\nparams = {{ name = \"Ada\" }}\n\
+         [nodes.shout]\ncomponent = \"{}\"\nupstream = [\"greet\"]\n\
+         [nodes.words]\ncomponent = \"{}\"\nupstream = [\"greet\"]\n\
+         [nodes.join]\ncomponent = \"{}\"\nupstream = [\"shout\", \"words\"]\n",
+        components::GREET,
+        components::SHOUT,
+        components::WORDS,
+        components::JOIN
+    );
+    std::fs::write(&flow, text).unwrap();
+    flow
+}
+
+/// Waits for `child`, killing it and failing after `limit`.
+fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Output {
+    let start = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("still running after {limit:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn flow_run_into_a_reader_that_leaves_ends_quietly() {
+    use std::io::BufRead;
+    // `contextstore flow run diamond.toml --jobs 2 --events 2>&1 | head -1`
+    for jobs in ["1", "2"] {
+        let dir = tempfile::tempdir().unwrap();
+        let flow = diamond_flow(dir.path());
+        let db = dir.path().join("pipe.db");
+        let (reader, writer) = std::io::pipe().unwrap();
+        let mut command = std::process::Command::new(contextstore_tests::cli_binary());
+        command
+            .args(["flow", "run", flow.to_str().unwrap(), "--db"])
+            .arg(&db)
+            .args(["--jobs", jobs, "--events"])
+            .stdout(writer.try_clone().unwrap())
+            .stderr(writer);
+        let child = command.spawn().unwrap();
+        drop(command);
+        let mut first = String::new();
+        std::io::BufReader::new(reader)
+            .read_line(&mut first)
+            .unwrap();
+        assert!(first.starts_with("flow run: "), "{first:?}");
+        let out = wait_at_most(child, std::time::Duration::from_secs(20));
+        // A panic anywhere would be exit 101, or 2 from a caught one.
+        assert_eq!(out.status.code(), Some(0), "jobs {jobs}");
+        // The flow ran to the end: every output is stored.
+        let status = cli(&[
+            "flow",
+            "status",
+            flow.to_str().unwrap(),
+            "--db",
+            db.to_str().unwrap(),
+            "--run-id",
+            first.trim().strip_prefix("flow run: ").unwrap(),
+        ]);
+        assert_eq!(
+            text(&status.stdout).matches(" done ").count(),
+            4,
+            "{}",
+            text(&status.stdout)
+        );
+    }
+}
+
+#[test]
+fn flow_run_with_a_closed_stderr_runs_to_the_end() {
+    use std::io::BufRead;
+    let dir = tempfile::tempdir().unwrap();
+    let flow = diamond_flow(dir.path());
+    let db = dir.path().join("pipe.db");
+    let mut child = std::process::Command::new(contextstore_tests::cli_binary())
+        .args(["flow", "run", flow.to_str().unwrap(), "--db"])
+        .arg(&db)
+        .args(["--jobs", "2", "--events"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    let out = wait_at_most(child, std::time::Duration::from_secs(20));
+    assert_eq!(out.status.code(), Some(0));
+    let outputs: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(outputs.as_object().unwrap().len(), 4, "{outputs}");
+}
+
+#[test]
+fn flow_status_reads_a_database_that_cannot_be_written() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = diamond_flow(dir.path());
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let db = data.join("ro.db");
+    let run = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let ran = cli(&[
+        "flow",
+        "run",
+        flow.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--run-id",
+        run,
+    ]);
+    assert!(ran.status.success(), "{}", text(&ran.stderr));
+    std::fs::set_permissions(&db, std::os::unix::fs::PermissionsExt::from_mode(0o444)).unwrap();
+    // Root ignores permission bits; an immutable file in an immutable
+    // directory stops root too.
+    let immutable = [&db, &data].iter().all(|path| {
+        std::process::Command::new("chattr")
+            .arg("+i")
+            .arg(path)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    });
+    let status = cli(&[
+        "flow",
+        "status",
+        flow.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+        "--run-id",
+        run,
+    ]);
+    let files: Vec<_> = std::fs::read_dir(&data)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    for path in [&db, &data] {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(path)
+            .output();
+    }
+    if !immutable {
+        eprintln!("chattr +i unavailable: checked with mode 0444 only");
+    }
+    assert!(status.status.success(), "{}", text(&status.stderr));
+    assert_eq!(
+        text(&status.stdout).matches(" done ").count(),
+        4,
+        "{}",
+        text(&status.stdout)
+    );
+    assert_eq!(files, ["ro.db"], "files were created");
+
+    let missing = cli(&[
+        "flow",
+        "status",
+        flow.to_str().unwrap(),
+        "--db",
+        dir.path().join("typo.db").to_str().unwrap(),
+        "--run-id",
+        run,
+    ]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert_eq!(
+        text(&missing.stderr).lines().count(),
+        1,
+        "{}",
+        text(&missing.stderr)
+    );
+    assert!(!dir.path().join("typo.db").exists());
 }

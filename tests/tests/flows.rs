@@ -248,3 +248,189 @@ fn a_failing_flow_exits_2_with_one_line_naming_the_node() {
         "{stderr}"
     );
 }
+
+/// Runs `flow` on another thread and waits at most 60 s for it: a run
+/// that hangs fails the test instead of hanging it.
+fn run_or_hang(
+    store: std::sync::Arc<dyn contextstore::ContextStore>,
+    flow: flow::Flow,
+    jobs: usize,
+    on_event: impl Fn(&FlowEvent<'_>) + Sync + Send + 'static,
+) -> Result<flow::FlowReport, flow::FlowError> {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let options = RunOptions {
+            jobs,
+            on_event: &on_event,
+        };
+        let _ = tx.send(flow::run(
+            runtime(),
+            &store,
+            &flow,
+            FlowRunId::new(),
+            &options,
+        ));
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .expect("the flow run hung")
+}
+
+#[test]
+fn a_panicking_event_callback_ends_the_run_with_an_error() {
+    let (dir, store) = temp_store();
+    let flow = flow::load(&write_flow(dir.path(), &diamond(""))).unwrap();
+    for jobs in [1, 2, 4] {
+        let result = run_or_hang(store.clone(), flow.clone(), jobs, |e: &FlowEvent<'_>| {
+            if let FlowEvent::Finished { node, .. } = e
+                && node.name == "shout"
+            {
+                panic!("progress output failed");
+            }
+        });
+        assert!(
+            matches!(&result, Err(flow::FlowError::CallbackPanicked(m)) if m == "progress output failed"),
+            "jobs {jobs}: {result:?}"
+        );
+    }
+}
+
+/// A store that panics when the node `panic_on` is looked up, as a buggy
+/// backend might.
+struct PanickingStore {
+    inner: std::sync::Arc<dyn contextstore::ContextStore>,
+    panic_on: contextstore::NodeId,
+}
+
+impl contextstore::ContextStore for PanickingStore {
+    fn put_text(
+        &self,
+        run: FlowRunId,
+        node: contextstore::NodeId,
+        value: &contextstore::json::JsonText,
+    ) -> Result<(), contextstore::ContextStoreError> {
+        self.inner.put_text(run, node, value)
+    }
+    fn get_text(
+        &self,
+        run: FlowRunId,
+        node: contextstore::NodeId,
+    ) -> Result<Option<contextstore::json::JsonText>, contextstore::ContextStoreError> {
+        assert!(node != self.panic_on, "the store broke");
+        self.inner.get_text(run, node)
+    }
+    fn list_keys(
+        &self,
+        run: FlowRunId,
+    ) -> Result<Vec<contextstore::NodeId>, contextstore::ContextStoreError> {
+        self.inner.list_keys(run)
+    }
+    fn put_global_text(
+        &self,
+        key: &str,
+        value: &contextstore::json::JsonText,
+    ) -> Result<(), contextstore::ContextStoreError> {
+        self.inner.put_global_text(key, value)
+    }
+    fn upsert_global_text(
+        &self,
+        key: &str,
+        value: &contextstore::json::JsonText,
+    ) -> Result<(), contextstore::ContextStoreError> {
+        self.inner.upsert_global_text(key, value)
+    }
+    fn get_global_text(
+        &self,
+        key: &str,
+    ) -> Result<Option<contextstore::json::JsonText>, contextstore::ContextStoreError> {
+        self.inner.get_global_text(key)
+    }
+}
+
+#[test]
+fn a_panic_while_a_node_runs_fails_that_node_only() {
+    let (dir, inner) = temp_store();
+    let flow = flow::load(&write_flow(dir.path(), &diamond(""))).unwrap();
+    let store: std::sync::Arc<dyn contextstore::ContextStore> =
+        std::sync::Arc::new(PanickingStore {
+            inner,
+            panic_on: flow::node_id("diamond", "shout"),
+        });
+    let failed = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let seen = failed.clone();
+    let report = run_or_hang(store, flow, 2, move |e: &FlowEvent<'_>| {
+        if let FlowEvent::Failed { node, .. } = e {
+            seen.lock().unwrap().push(node.name.clone());
+        }
+    })
+    .unwrap();
+    let result = |name: &str| &report.results.iter().find(|(n, _)| n == name).unwrap().1;
+    assert!(
+        matches!(result("shout"), NodeResult::Failed(contextstore::StepError::Panicked(m)) if m == "the store broke"),
+        "{report:?}"
+    );
+    assert!(matches!(result("greet"), NodeResult::Done { .. }));
+    assert!(matches!(result("words"), NodeResult::Done { .. }));
+    assert!(matches!(result("join"), NodeResult::Blocked { by } if by == "shout"));
+    assert_eq!(*failed.lock().unwrap(), ["shout"]);
+}
+
+#[test]
+fn event_callbacks_run_outside_the_schedulers_lock() {
+    // `broken` fails while `a` runs; the `Blocked` callback for `broken`'s
+    // dependent then waits for `b` (ready only once `a` is recorded) to
+    // start. Were the callback called under the scheduler's lock, `a`
+    // could not be recorded and `b` would never start.
+    let (dir, store) = temp_store();
+    let text = format!(
+        "name = \"lock\"\n\
+         [nodes.broken]\ncomponent = \"{hostile}\"\nparams = {{ mode = \"fail\" }}\n\
+         [nodes.after]\ncomponent = \"{greet}\"\nupstream = [\"broken\"]\n\
+         [nodes.a]\ncomponent = \"{greet}\"\nparams = {{ name = \"a\" }}\n\
+         [nodes.b]\ncomponent = \"{greet}\"\nupstream = [\"a\"]\nparams = {{ name = \"b\" }}\n",
+        hostile = components::HOSTILE,
+        greet = components::GREET,
+    );
+    let flow = flow::load(&write_flow(dir.path(), &text)).unwrap();
+    let state = std::sync::Arc::new((
+        std::sync::Mutex::new((false, false)),
+        std::sync::Condvar::new(),
+    ));
+    let seen = state.clone();
+    let waited = std::sync::Arc::new(std::sync::Mutex::new(None));
+    let outcome = waited.clone();
+    let report = run_or_hang(store, flow, 2, move |e: &FlowEvent<'_>| {
+        let (flags, changed) = &*seen;
+        let wait_for = |which: fn(&(bool, bool)) -> bool| {
+            let guard = flags.lock().unwrap();
+            let (guard, timeout) = changed
+                .wait_timeout_while(guard, std::time::Duration::from_secs(10), |f| !which(f))
+                .unwrap();
+            drop(guard);
+            !timeout.timed_out()
+        };
+        match e {
+            // `a` finishes only after `broken` failed.
+            FlowEvent::Started { node } if node.name == "a" => {
+                wait_for(|f| f.0);
+            }
+            FlowEvent::Failed { node, .. } if node.name == "broken" => {
+                flags.lock().unwrap().0 = true;
+                changed.notify_all();
+            }
+            FlowEvent::Started { node } if node.name == "b" => {
+                flags.lock().unwrap().1 = true;
+                changed.notify_all();
+            }
+            FlowEvent::Blocked { .. } => {
+                *outcome.lock().unwrap() = Some(wait_for(|f| f.1));
+            }
+            _ => {}
+        }
+    })
+    .unwrap();
+    assert_eq!(
+        *waited.lock().unwrap(),
+        Some(true),
+        "`b` did not start while the Blocked callback ran: {report:?}"
+    );
+}

@@ -1,15 +1,15 @@
 //! `contextstore flow run` and `contextstore flow status`.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::bail;
 use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
 use contextstore::{FlowRunId, StepStatus};
 use serde_json::{Value, json};
 
-use super::{DbArgs, Outcome, RuntimeArgs};
+use super::{DbArgs, Outcome, RuntimeArgs, output};
 
 /// `contextstore flow …`.
 #[derive(clap::Subcommand)]
@@ -70,7 +70,7 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let runtime = args.runtime.start()?;
     let run_id = args.run_id.unwrap_or_else(|| {
         let id = FlowRunId::new();
-        eprintln!("flow run: {id}");
+        output::note(format_args!("flow run: {id}"));
         id
     });
     let jobs = args
@@ -114,13 +114,13 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             _ => None,
         })
         .collect();
-    println!("{}", serde_json::to_string_pretty(&outputs)?);
+    output::line(serde_json::to_string_pretty(&outputs)?)?;
     Ok(Outcome::Done)
 }
 
 fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let flow = flow::load(&args.flow)?;
-    let store = args.db.open()?;
+    let store = args.db.open_read_only()?;
     let nodes = flow::status(store.as_ref(), &flow, args.run_id)?;
     if args.json {
         let rows: Vec<Value> = nodes
@@ -130,24 +130,30 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 json!({"node": n.name, "node_id": n.node_id, "status": state, "output_bytes": n.output_bytes, "error": error})
             })
             .collect();
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&json!({"flow_run_id": args.run_id, "nodes": rows}))?
-        );
+        output::line(serde_json::to_string_pretty(
+            &json!({"flow_run_id": args.run_id, "nodes": rows}),
+        )?)?;
     } else {
         let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
-        println!(
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        output::written(writeln!(
+            out,
             "{:width$}  {:8}  {:>12}  detail",
             "node", "status", "output bytes"
-        );
+        ))?;
         for n in &nodes {
             let (state, error) = state_parts(&n.state);
             let detail = error.unwrap_or_default();
             let bytes = n
                 .output_bytes
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
-            println!("{:width$}  {state:8}  {bytes:>12}  {detail}", n.name);
+            output::written(writeln!(
+                out,
+                "{:width$}  {state:8}  {bytes:>12}  {detail}",
+                n.name
+            ))?;
         }
+        output::written(out.flush())?;
     }
     Ok(Outcome::Done)
 }
@@ -162,11 +168,13 @@ fn state_parts(state: &NodeState) -> (&'static str, Option<&str>) {
 }
 
 /// Per-node lines on stderr: human lines on a terminal, JSON lines with
-/// `--events`, nothing otherwise.
+/// `--events`, nothing otherwise. Called from worker threads; never panics.
+/// Once stderr cannot be written (its reader went away) it goes quiet and
+/// the flow runs on: its outputs are stored either way.
 struct Progress {
     mode: Mode,
-    /// Keeps lines from worker threads whole.
-    out: Mutex<()>,
+    /// Set when a line could not be written.
+    closed: AtomicBool,
 }
 
 enum Mode {
@@ -186,11 +194,14 @@ impl Progress {
         };
         Self {
             mode,
-            out: Mutex::new(()),
+            closed: AtomicBool::new(false),
         }
     }
 
     fn show(&self, event: &FlowEvent<'_>) {
+        if self.closed.load(Ordering::Relaxed) {
+            return;
+        }
         let line = match self.mode {
             Mode::Quiet => return,
             Mode::Human => match event {
@@ -243,10 +254,8 @@ impl Progress {
             }
             .to_string(),
         };
-        let _whole = self
-            .out
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        eprintln!("{line}");
+        if !output::note(line) {
+            self.closed.store(true, Ordering::Relaxed);
+        }
     }
 }

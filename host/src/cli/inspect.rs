@@ -1,13 +1,13 @@
 //! `get`, `list` and `global`: read and write a store by hand or from scripts.
 
-use std::io::Read;
+use std::io::{Read, Write};
 
 use anyhow::Context as _;
 use contextstore::{FlowRunId, NodeId};
 
 use contextstore::json::{self, JsonText};
 
-use super::{DbArgs, Outcome};
+use super::{DbArgs, Outcome, output};
 
 /// `contextstore get`.
 #[derive(clap::Args)]
@@ -61,14 +61,15 @@ pub enum GlobalCommand {
 
 /// Prints a node's output.
 pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
-    let store = args.db.open()?;
+    let store = args.db.open_read_only()?;
+    // The stored text as written, byte for byte.
     match store.get_text(args.flow_run, args.node)? {
-        Some(text) => {
-            println!("{text}");
-            Ok(Outcome::Done)
-        }
+        Some(text) => output::line(text).map(|()| Outcome::Done),
         None => {
-            eprintln!("no output for ({}, {})", args.flow_run, args.node);
+            output::note(format_args!(
+                "no output for ({}, {})",
+                args.flow_run, args.node
+            ));
             Ok(Outcome::NotFound)
         }
     }
@@ -76,25 +77,24 @@ pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
 
 /// Lists a run's nodes, one id per line, sorted.
 pub fn list(args: ListArgs) -> anyhow::Result<Outcome> {
-    let store = args.db.open()?;
+    let store = args.db.open_read_only()?;
     let mut nodes = store.list_keys(args.flow_run)?;
     nodes.sort();
+    let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for node in nodes {
-        println!("{node}");
+        output::written(writeln!(out, "{node}"))?;
     }
+    output::written(out.flush())?;
     Ok(Outcome::Done)
 }
 
 /// Runs a `global` subcommand.
 pub fn global(command: GlobalCommand) -> anyhow::Result<Outcome> {
     match command {
-        GlobalCommand::Get { db, key } => match db.open()?.get_global_text(&key)? {
-            Some(text) => {
-                println!("{text}");
-                Ok(Outcome::Done)
-            }
+        GlobalCommand::Get { db, key } => match db.open_read_only()?.get_global_text(&key)? {
+            Some(text) => output::line(text).map(|()| Outcome::Done),
             None => {
-                eprintln!("no global {key:?}");
+                output::note(format_args!("no global {key:?}"));
                 Ok(Outcome::NotFound)
             }
         },

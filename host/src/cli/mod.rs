@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use contextstore::{ContextStore, SqliteContextStore};
+use contextstore::{ContextStore, SqliteContextStore, SqliteOptions};
 
 mod flow;
 mod inspect;
+mod output;
 mod run;
 
 /// What a subcommand tells `main` to exit with.
@@ -50,18 +51,27 @@ enum Command {
     Flow(flow::FlowCommand),
 }
 
-/// Where the SQLite database lives.
+/// Where the SQLite database lives. The one place that opens stores.
 #[derive(clap::Args)]
 pub struct DbArgs {
-    /// The SQLite database file (created if missing).
+    /// The SQLite database file (commands that write create it if missing;
+    /// commands that only read need it to exist, and never change it).
     #[arg(long, value_name = "PATH")]
     db: PathBuf,
 }
 
 impl DbArgs {
-    /// Opens the store.
+    /// Opens the store for writing: creates the file if missing and
+    /// migrates its schema.
     pub fn open(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
         let store = SqliteContextStore::open(&self.db)?;
+        Ok(Arc::new(store))
+    }
+
+    /// Opens an existing store for reading only: nothing is created or
+    /// migrated, and a read-only file works.
+    pub fn open_read_only(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
+        let store = SqliteContextStore::open_read_only(&self.db, SqliteOptions::default())?;
         Ok(Arc::new(store))
     }
 }
@@ -92,7 +102,14 @@ impl RuntimeArgs {
 
 /// Parses the command line, runs it and maps the result to an exit code.
 pub fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(error) => {
+            // Help, version or a usage error; a closed stream is no reason to panic.
+            let _ = error.print();
+            return ExitCode::from(u8::try_from(error.exit_code()).unwrap_or(2));
+        }
+    };
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
@@ -104,8 +121,10 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotFound) => ExitCode::from(1),
+        // The reader of our output went away (`| head -1`): end quietly.
+        Err(error) if error.downcast_ref::<output::Closed>().is_some() => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            output::note(format_args!("error: {error:#}"));
             ExitCode::from(2)
         }
     }
@@ -118,6 +137,9 @@ fn init_tracing() {
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        // A closed stderr (`2>&1 | head -1`): drop the line. By default the
+        // subscriber reports its write errors with `eprintln!`, which panics.
+        .log_internal_errors(false)
         .init();
 }
 

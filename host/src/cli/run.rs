@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId};
 
-use super::{DbArgs, Outcome, RuntimeArgs, parse_json};
+use super::{DbArgs, Outcome, RuntimeArgs, output, parse_json};
 
 /// `contextstore run`.
 #[derive(clap::Args)]
@@ -64,7 +64,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
     let flow_run_id = args.flow_run.unwrap_or_else(|| {
         let id = FlowRunId::new();
-        eprintln!("flow run: {id}");
+        output::note(format_args!("flow run: {id}"));
         id
     });
     let mut invocation = Invocation::new(flow_run_id, args.node).with_params(params);
@@ -77,7 +77,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let runtime = args.runtime.start()?;
     let component = runtime.load_file(&args.component)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
-    println!("{}", outcome.output);
+    output::line(&outcome.output)?;
     Ok(Outcome::Done)
 }
 

@@ -151,6 +151,11 @@ pub enum FlowError {
     /// The store failed outside of any step.
     #[error(transparent)]
     Store(#[from] crate::error::ContextStoreError),
+    /// The [`RunOptions::on_event`] callback panicked: no node was started
+    /// after that, the nodes already running finished, and the run ended.
+    /// Their outputs are stored; running the flow again resumes it.
+    #[error("the flow's event callback panicked: {0}")]
+    CallbackPanicked(String),
 }
 
 #[cfg(test)]

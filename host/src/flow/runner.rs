@@ -2,8 +2,11 @@
 //! bounded pool of worker threads, finished nodes skipped, a failed node
 //! stopping its dependents (and only them).
 
+use std::any::Any;
 use std::collections::VecDeque;
-use std::sync::{Arc, Condvar, Mutex, PoisonError};
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use crate::json::JsonText;
@@ -116,6 +119,12 @@ struct Board {
 
 /// Runs (or resumes) `flow` as run `flow_run_id`. Components are loaded
 /// first, so a broken one fails the run before any step runs.
+///
+/// A panic while a node runs (in the host or the store) fails that node
+/// with [`StepError::Panicked`]; a panic in [`RunOptions::on_event`] starts
+/// no further node and ends the run with [`FlowError::CallbackPanicked`].
+/// Either way the other workers never wait for the panicked one, and the
+/// callback is never called with the scheduler's lock held.
 pub fn run(
     runtime: &Runtime,
     store: &Arc<dyn ContextStore>,
@@ -155,6 +164,8 @@ pub fn run(
         components: &components,
         dependents: &dependents,
         options,
+        callback_panic: Mutex::new(None),
+        stopped: AtomicBool::new(false),
     };
     let workers = options.jobs.clamp(1, flow.nodes.len().max(1));
     std::thread::scope(|scope| {
@@ -162,6 +173,13 @@ pub fn run(
             scope.spawn(|| worker.work(&board, &wake));
         }
     });
+    if let Some(message) = worker
+        .callback_panic
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        return Err(FlowError::CallbackPanicked(message));
+    }
     let board = board.into_inner().unwrap_or_else(PoisonError::into_inner);
     let results = flow
         .nodes
@@ -189,34 +207,70 @@ struct Worker<'a> {
     components: &'a [StepComponent],
     dependents: &'a [Vec<usize>],
     options: &'a RunOptions<'a>,
+    /// The message of the first panic in `on_event`.
+    callback_panic: Mutex<Option<String>>,
+    /// Set when `on_event` panicked: start no further node.
+    stopped: AtomicBool,
+}
+
+/// One node counted in [`Board::running`]: dropping it (however the node
+/// ended, a panic included) uncounts it and wakes the waiting workers.
+struct Running<'b> {
+    board: &'b Mutex<Board>,
+    wake: &'b Condvar,
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut b = lock(self.board);
+        b.running -= 1;
+        self.wake.notify_all();
+    }
 }
 
 impl Worker<'_> {
     fn work(&self, board: &Mutex<Board>, wake: &Condvar) {
         while let Some(i) = self.next(board, wake) {
-            let result = self.run_node(i);
-            let mut b = board.lock().unwrap_or_else(PoisonError::into_inner);
-            match &result {
-                NodeResult::Done { .. } => {
-                    for &d in &self.dependents[i] {
-                        b.waiting_on[d] -= 1;
-                        if b.waiting_on[d] == 0 && b.results[d].is_none() {
-                            b.ready.push_back(d);
+            let running = Running { board, wake };
+            let started = Instant::now();
+            let result = catch_unwind(AssertUnwindSafe(|| self.run_node(i)))
+                .unwrap_or_else(|payload| self.panicked(i, payload.as_ref(), started.elapsed()));
+            let blocked = {
+                let mut b = lock(board);
+                let blocked = match &result {
+                    NodeResult::Done { .. } => {
+                        for &d in &self.dependents[i] {
+                            b.waiting_on[d] -= 1;
+                            if b.waiting_on[d] == 0 && b.results[d].is_none() {
+                                b.ready.push_back(d);
+                            }
                         }
+                        Vec::new()
                     }
-                }
-                _ => self.block_dependents(&mut b, i),
+                    _ => self.block_dependents(&mut b, i),
+                };
+                b.results[i] = Some(result);
+                blocked
+            };
+            drop(running);
+            let by = &self.flow.nodes[i].name;
+            for d in blocked {
+                self.emit(&FlowEvent::Blocked {
+                    node: &self.flow.nodes[d],
+                    by,
+                });
             }
-            b.results[i] = Some(result);
-            b.running -= 1;
-            wake.notify_all();
         }
     }
 
-    /// The next ready node, or `None` when nothing is ready or running.
+    /// The next ready node, or `None` when nothing is ready or running, or
+    /// the run was stopped.
     fn next(&self, board: &Mutex<Board>, wake: &Condvar) -> Option<usize> {
-        let mut b = board.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut b = lock(board);
         loop {
+            if self.stopped.load(Ordering::SeqCst) {
+                return None;
+            }
             if let Some(i) = b.ready.pop_front() {
                 b.running += 1;
                 return Some(i);
@@ -228,9 +282,25 @@ impl Worker<'_> {
         }
     }
 
+    /// Calls `on_event`, catching a panic: the first one is kept for the
+    /// report and stops the run; the callback is not called again.
+    fn emit(&self, event: &FlowEvent<'_>) {
+        if self.stopped.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(payload) = catch_unwind(AssertUnwindSafe(|| (self.options.on_event)(event))) {
+            let message = panic_message(payload.as_ref());
+            let mut first = lock(&self.callback_panic);
+            if first.is_none() {
+                *first = Some(message);
+            }
+            self.stopped.store(true, Ordering::SeqCst);
+        }
+    }
+
     fn run_node(&self, i: usize) -> NodeResult {
         let node = &self.flow.nodes[i];
-        (self.options.on_event)(&FlowEvent::Started { node });
+        self.emit(&FlowEvent::Started { node });
         let mut invocation =
             Invocation::new(self.flow_run_id, node.node_id).with_params(node.params.clone());
         for up in &node.upstream {
@@ -249,13 +319,12 @@ impl Worker<'_> {
         let elapsed = started.elapsed();
         match result {
             Ok(outcome) => {
-                let event = FlowEvent::Finished {
+                self.emit(&FlowEvent::Finished {
                     node,
                     status: outcome.status,
                     output: &outcome.output,
                     elapsed,
-                };
-                (self.options.on_event)(&event);
+                });
                 NodeResult::Done {
                     status: outcome.status,
                     output: outcome.output,
@@ -263,15 +332,8 @@ impl Worker<'_> {
                 }
             }
             Err(error) => {
-                if let Err(journal_error) = journal::record_failure(
-                    self.store.as_ref(),
-                    self.flow_run_id,
-                    node.node_id,
-                    &error.to_string(),
-                ) {
-                    tracing::warn!(node = %node.name, %journal_error, "could not record the failure");
-                }
-                (self.options.on_event)(&FlowEvent::Failed {
+                self.journal_failure(i, &error);
+                self.emit(&FlowEvent::Failed {
                     node,
                     error: &error,
                     elapsed,
@@ -281,20 +343,77 @@ impl Worker<'_> {
         }
     }
 
-    /// Marks every node downstream of `failed` as blocked by it.
-    fn block_dependents(&self, b: &mut Board, failed: usize) {
+    /// The result of node `i` when running it panicked: the failure is
+    /// logged, journaled and sent as an event like any other.
+    fn panicked(&self, i: usize, payload: &(dyn Any + Send), elapsed: Duration) -> NodeResult {
+        let node = &self.flow.nodes[i];
+        let message = panic_message(payload);
+        tracing::error!(node = %node.name, %message, "panic while running a node");
+        let error = StepError::Panicked(message);
+        self.journal_failure(i, &error);
+        self.emit(&FlowEvent::Failed {
+            node,
+            error: &error,
+            elapsed,
+        });
+        NodeResult::Failed(error)
+    }
+
+    /// Records node `i`'s failure in the run's journal; a journal that
+    /// cannot be written is logged, not fatal.
+    fn journal_failure(&self, i: usize, error: &StepError) {
+        let node = &self.flow.nodes[i];
+        let recorded = catch_unwind(AssertUnwindSafe(|| {
+            journal::record_failure(
+                self.store.as_ref(),
+                self.flow_run_id,
+                node.node_id,
+                &error.to_string(),
+            )
+        }));
+        match recorded {
+            Ok(Ok(())) => {}
+            Ok(Err(journal_error)) => {
+                tracing::warn!(node = %node.name, %journal_error, "could not record the failure");
+            }
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                tracing::warn!(node = %node.name, %message, "could not record the failure: the store panicked");
+            }
+        }
+    }
+
+    /// Marks every node downstream of `failed` as blocked by it, and returns
+    /// them, for their events to be sent once the lock is released.
+    fn block_dependents(&self, b: &mut Board, failed: usize) -> Vec<usize> {
         let by = &self.flow.nodes[failed].name;
+        let mut blocked = Vec::new();
         let mut stack: Vec<usize> = self.dependents[failed].clone();
         while let Some(d) = stack.pop() {
             if b.results[d].is_some() {
                 continue;
             }
             b.results[d] = Some(NodeResult::Blocked { by: by.clone() });
-            (self.options.on_event)(&FlowEvent::Blocked {
-                node: &self.flow.nodes[d],
-                by,
-            });
+            blocked.push(d);
             stack.extend(&self.dependents[d]);
         }
+        blocked
+    }
+}
+
+/// Locks a mutex, recovering from poisoning: the board is only changed in
+/// short sections that do not panic, and callbacks run outside it.
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// The text of a panic payload (`panic!` gives a `&str` or a `String`).
+fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(text) = payload.downcast_ref::<&str>() {
+        (*text).to_owned()
+    } else if let Some(text) = payload.downcast_ref::<String>() {
+        text.clone()
+    } else {
+        "a panic without a message".to_owned()
     }
 }

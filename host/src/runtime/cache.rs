@@ -2,16 +2,23 @@
 //! large component (a Python or JavaScript step is 10-20 MB) in
 //! milliseconds instead of compiling it again for seconds.
 //!
-//! An entry is keyed by the component's content hash and the engine's
-//! compatibility hash (wasmtime version, engine settings, target CPU), so an
-//! entry is only ever read by an engine that can run it. Deserializing
-//! precompiled code is unsafe in general, so only files this host wrote are
-//! trusted: every entry carries a keyed BLAKE3 MAC under a secret key kept
-//! in the cache directory (created with owner-only permissions). A corrupt,
-//! truncated, foreign or stale entry fails the check and is compiled and
-//! written again; it is never deserialized. Entries are written to a
-//! temporary file and renamed into place, so concurrent processes filling
-//! the same cache never see half an entry.
+//! Deserializing precompiled code runs it as native code, so the cache
+//! trusts nothing it did not write:
+//!
+//! - the directory must be owned by the current user and writable by no one
+//!   else (it is created with mode 0700), or the cache is not used;
+//! - the secret MAC key in it must be a regular file (not a symlink) of
+//!   exactly 32 bytes, owned by the current user, with mode 0600 and one
+//!   link, or the cache is not used (a bad key is reported, never replaced);
+//!   it is read once, when the cache opens;
+//! - every entry carries a keyed BLAKE3 MAC over its identity (the
+//!   component's content hash and the engine's compatibility hash) together
+//!   with the code, so a corrupt, truncated, foreign, stale or renamed entry
+//!   fails the check and is compiled and written again; it is never
+//!   deserialized.
+//!
+//! Entries are written to a temporary file and renamed into place, so
+//! concurrent processes filling the same cache never see half an entry.
 
 use std::hash::{Hash, Hasher};
 use std::io::Write;
@@ -20,15 +27,28 @@ use std::path::{Path, PathBuf};
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+mod trust;
+
 /// The first bytes of every entry: format name and version.
-const MAGIC: &[u8; 16] = b"contextstore-cc1";
+const MAGIC: &[u8; 16] = b"contextstore-cc2";
 const MAC_LEN: usize = 32;
+/// The secret key's file name in the cache directory.
+const KEY_FILE: &str = "mac.key";
 
 /// An on-disk cache of compiled components in one directory.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct CodeCache {
     dir: PathBuf,
     key: [u8; 32],
+}
+
+impl std::fmt::Debug for CodeCache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The key stays out of logs.
+        f.debug_struct("CodeCache")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
 }
 
 /// What a cache lookup found.
@@ -39,6 +59,55 @@ pub enum Lookup {
     Miss,
 }
 
+/// Why a cache directory is not used.
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    /// The directory or key file could not be created, opened or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The I/O error.
+        source: std::io::Error,
+    },
+    /// The path is not a directory.
+    #[error("{path} is not a directory")]
+    NotADirectory {
+        /// The path.
+        path: PathBuf,
+    },
+    /// The directory is owned by another user.
+    #[error("{path} is owned by uid {owner}, not by this user (uid {user})")]
+    NotOwned {
+        /// The directory.
+        path: PathBuf,
+        /// Its owner.
+        owner: u32,
+        /// The current (effective) user.
+        user: u32,
+    },
+    /// The directory is writable by its group or by others.
+    #[error("{path} is writable by others (mode {mode:o}); it must be the user's alone")]
+    WritableByOthers {
+        /// The directory.
+        path: PathBuf,
+        /// Its permission bits.
+        mode: u32,
+    },
+    /// The key file exists but is not one this user could only have written
+    /// through this cache; it is left alone.
+    #[error("{path} is not a trusted cache key ({reason}); remove it to start a new cache")]
+    UntrustedKey {
+        /// The key file.
+        path: PathBuf,
+        /// Which check failed.
+        reason: String,
+    },
+    /// This platform cannot check file ownership, so the cache is off.
+    #[error("the compiled-code cache needs a Unix system to check file ownership")]
+    Unsupported,
+}
+
 impl CodeCache {
     /// The default directory: `contextstore/compiled` under the user's cache
     /// directory (`$XDG_CACHE_HOME` or `~/.cache` on Linux), if there is one.
@@ -46,52 +115,56 @@ impl CodeCache {
         dirs::cache_dir().map(|dir| dir.join("contextstore").join("compiled"))
     }
 
-    /// Opens (creating if needed) a cache in `dir`.
-    pub fn open(dir: &Path) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
-        let key = load_or_create_key(dir)?;
-        Ok(Self {
-            dir: dir.to_path_buf(),
-            key,
-        })
+    /// Opens a cache in `dir`, creating the directory (and missing parents,
+    /// mode 0700) and its key if needed.
+    ///
+    /// Refuses a directory that is not the current user's alone, and a key
+    /// file that fails the checks in the [module docs](self).
+    pub fn open(dir: &Path) -> Result<Self, CacheError> {
+        let dir = trust::private_dir(dir)?;
+        let key = trust::load_or_create_key(&dir.join(KEY_FILE), new_key)?;
+        Ok(Self { dir, key })
     }
 
-    /// The part of an entry's name that names the engine: its
-    /// compatibility hash and this crate's version.
-    fn engine_hash(engine: &Engine) -> String {
+    /// The part of an entry's name that names the engine: a hash of its
+    /// compatibility hash (wasmtime version, settings, target), this
+    /// crate's version and the entry format, so that builds sharing a
+    /// cache directory never read (or overwrite) each other's entries.
+    pub fn engine_hash(engine: &Engine) -> String {
         let mut hasher = std::hash::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut hasher);
+        MAGIC.hash(&mut hasher);
         env!("CARGO_PKG_VERSION").hash(&mut hasher);
         format!("{:016x}", hasher.finish())
     }
 
-    /// The cache directory.
+    /// The cache directory (symlinks resolved).
     pub fn dir(&self) -> &Path {
         &self.dir
     }
 
-    fn entry_path(&self, engine: &Engine, content: &blake3::Hash) -> PathBuf {
-        self.dir.join(format!(
-            "{}-{}.cwasm",
-            content.to_hex(),
-            Self::engine_hash(engine)
-        ))
+    fn entry_path(&self, engine_hash: &str, content: &blake3::Hash) -> PathBuf {
+        self.dir
+            .join(format!("{}-{engine_hash}.cwasm", content.to_hex()))
     }
 
-    /// Looks up the component with content hash `content`.
+    /// Looks up the component with content hash `content` (the BLAKE3 hash
+    /// of its bytes) compiled by `engine`.
     pub fn get(&self, engine: &Engine, content: &blake3::Hash) -> Lookup {
-        let path = self.entry_path(engine, content);
+        let engine_hash = Self::engine_hash(engine);
+        let path = self.entry_path(&engine_hash, content);
         let Ok(bytes) = std::fs::read(&path) else {
             return Lookup::Miss;
         };
-        let Some(code) = self.verify(&bytes) else {
-            tracing::warn!(path = %path.display(), "rejected a corrupt or foreign cache entry");
+        let Some(code) = self.verify(content, &engine_hash, &bytes) else {
+            tracing::warn!(path = %path.display(), "rejected a corrupt, foreign or renamed cache entry");
             return Lookup::Miss;
         };
         // SAFETY: `code` was produced by `Component::serialize` in a process
-        // holding this cache's secret key, for an engine with the same
-        // compatibility hash (the MAC covers the bytes, the file name the
-        // hashes). wasmtime checks the version and settings header again.
+        // holding this cache's secret key, for the component with content
+        // hash `content` and an engine with this compatibility hash: the MAC
+        // covers all three. wasmtime checks the version and settings header
+        // again.
         match unsafe { Component::deserialize(engine, code) } {
             Ok(component) => Lookup::Hit(component),
             Err(error) => {
@@ -101,7 +174,8 @@ impl CodeCache {
         }
     }
 
-    /// Stores the compiled `component` for content hash `content`.
+    /// Stores `component`, compiled by `engine`, as the entry of content
+    /// hash `content`.
     pub fn put(
         &self,
         engine: &Engine,
@@ -109,8 +183,9 @@ impl CodeCache {
         component: &Component,
     ) -> std::io::Result<()> {
         let code = component.serialize().map_err(std::io::Error::other)?;
-        let mac = self.mac(&code);
-        let path = self.entry_path(engine, content);
+        let engine_hash = Self::engine_hash(engine);
+        let mac = self.mac(content, &engine_hash, &code);
+        let path = self.entry_path(&engine_hash, content);
         let mut tmp = tempfile::NamedTempFile::new_in(&self.dir)?;
         tmp.write_all(MAGIC)?;
         tmp.write_all(mac.as_bytes())?;
@@ -120,8 +195,14 @@ impl CodeCache {
         Ok(())
     }
 
-    /// The compiled code in an entry, if its header and MAC check out.
-    fn verify<'a>(&self, bytes: &'a [u8]) -> Option<&'a [u8]> {
+    /// The compiled code in an entry, if its header and MAC check out for
+    /// this identity.
+    fn verify<'a>(
+        &self,
+        content: &blake3::Hash,
+        engine_hash: &str,
+        bytes: &'a [u8],
+    ) -> Option<&'a [u8]> {
         let rest = bytes.strip_prefix(MAGIC.as_slice())?;
         if rest.len() < MAC_LEN {
             return None;
@@ -129,42 +210,26 @@ impl CodeCache {
         let (mac, code) = rest.split_at(MAC_LEN);
         let mac: [u8; MAC_LEN] = mac.try_into().ok()?;
         // `blake3::Hash` compares in constant time.
-        (self.mac(code) == blake3::Hash::from(mac)).then_some(code)
+        (self.mac(content, engine_hash, code) == blake3::Hash::from(mac)).then_some(code)
     }
 
-    fn mac(&self, code: &[u8]) -> blake3::Hash {
-        blake3::keyed_hash(&self.key, code)
+    /// The MAC of an entry: its identity (content hash, engine hash) and
+    /// code, each field length-delimited.
+    fn mac(&self, content: &blake3::Hash, engine_hash: &str, code: &[u8]) -> blake3::Hash {
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
+        hasher.update(MAGIC);
+        hasher.update(content.as_bytes());
+        hasher.update(&(engine_hash.len() as u64).to_le_bytes());
+        hasher.update(engine_hash.as_bytes());
+        hasher.update(code);
+        hasher.finalize()
     }
 }
 
-/// Reads the cache's secret key, creating it (owner-only) on first use.
-fn load_or_create_key(dir: &Path) -> std::io::Result<[u8; 32]> {
-    let path = dir.join("mac.key");
-    if let Ok(bytes) = std::fs::read(&path)
-        && let Ok(key) = <[u8; 32]>::try_from(bytes.as_slice())
-    {
-        return Ok(key);
-    }
+/// A fresh random key.
+fn new_key() -> [u8; 32] {
     let mut key = [0u8; 32];
     key[..16].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
     key[16..].copy_from_slice(uuid::Uuid::new_v4().as_bytes());
-    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tmp.as_file()
-            .set_permissions(std::fs::Permissions::from_mode(0o600))?;
-    }
-    tmp.write_all(&key)?;
-    tmp.as_file().sync_all()?;
-    // Another process may have created the key meanwhile: keep the first.
-    match tmp.persist_noclobber(&path) {
-        Ok(_) => Ok(key),
-        Err(_) => {
-            let bytes = std::fs::read(&path)?;
-            <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| {
-                std::io::Error::other(format!("{} is not a 32-byte key", path.display()))
-            })
-        }
-    }
+    key
 }

@@ -26,12 +26,11 @@ mod state;
 mod stderr;
 mod step_error;
 
-pub use cache::CodeCache;
+pub use cache::{CacheError, CodeCache, Lookup};
 pub use invocation::Invocation;
 pub use step_error::{GuestFailure, StepError};
 
 use bindings::{StepPre, WitInvocation, WitUpstream};
-use cache::Lookup;
 use epoch::EpochTicker;
 use limiter::GuestLimiter;
 use state::{STDERR_CAPTURE, StepState};

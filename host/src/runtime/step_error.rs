@@ -47,6 +47,10 @@ pub enum StepError {
     /// The store failed while the host checked the step's output.
     #[error(transparent)]
     Store(#[from] ContextStoreError),
+    /// The host panicked while running the step (a bug in the host or in
+    /// a store backend); the panic was caught and only this step failed.
+    #[error("the host panicked while running the step: {0}")]
+    Panicked(String),
 }
 
 /// The error a step returned from `run`: the WIT `step-error`, host side.
