@@ -192,15 +192,15 @@ impl Model {
                 keys.sort();
                 Outcome::Keys(keys)
             }
-            Op::PutGlobal { key, value } => {
-                let key = key_in(ns, *key);
-                if self.globals.contains_key(&key) {
-                    Outcome::GlobalAlreadyExists(key)
-                } else {
-                    self.globals.insert(key, value.clone());
+            Op::PutGlobal { key, value } => match self.globals.entry(key_in(ns, *key)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    Outcome::GlobalAlreadyExists(e.key().clone())
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value.clone());
                     Outcome::Done
                 }
-            }
+            },
             Op::UpsertGlobal { key, value } => {
                 self.globals.insert(key_in(ns, *key), value.clone());
                 Outcome::Done
