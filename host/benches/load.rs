@@ -35,6 +35,7 @@ fn components() -> Vec<(&'static str, PathBuf)> {
 fn time_load(cache: &Path, component: &Path) -> Duration {
     let runtime = Runtime::with_config(RuntimeConfig {
         cache_dir: Some(cache.to_path_buf()),
+        ..RuntimeConfig::default()
     })
     .expect("runtime");
     let started = Instant::now();

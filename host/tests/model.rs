@@ -8,6 +8,16 @@
 //! compared sorted), errors of the same kind naming the same ids or key.
 //! After each sequence the whole state is compared once more, before and
 //! after a final reopen.
+//!
+//! Group commit is checked two ways: the same sequence runs against a
+//! batched (`group_commit: true`) and an unbatched store side by side,
+//! operation by operation; and several threads run their own sequences at
+//! once against one batched store, so that their writes share commits.
+//! Each thread works in its own run ids and keys, so every result is still
+//! deterministic and checked against the thread's model; all threads also
+//! race for one contended output (exactly one wins, and its value is
+//! stored), and the final state must equal that of the same sequences
+//! replayed one after another on an unbatched store.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -33,6 +43,27 @@ const KEYS: [&str; 3] = ["", "a", "a/b"];
 
 fn run(i: usize) -> FlowRunId {
     RUNS[i].parse().unwrap()
+}
+
+/// Run `i` of namespace `ns`: namespace 0 is [`RUNS`]; each other one has
+/// run ids of its own, so that threads working in different namespaces
+/// never touch the same output.
+fn run_in(ns: usize, i: usize) -> FlowRunId {
+    if ns == 0 {
+        return run(i);
+    }
+    format!("00000000-0000-4000-8000-{ns:04x}000000a{}", i + 1)
+        .parse()
+        .unwrap()
+}
+
+/// Global key `k` of namespace `ns` (namespace 0: [`KEYS`]).
+fn key_in(ns: usize, k: usize) -> String {
+    if ns == 0 {
+        KEYS[k].to_owned()
+    } else {
+        format!("t{ns}/{}", KEYS[k])
+    }
 }
 
 fn node(i: usize) -> NodeId {
@@ -127,6 +158,12 @@ struct Model {
 
 impl Model {
     fn apply(&mut self, op: &Op) -> Outcome {
+        self.apply_in(op, 0)
+    }
+
+    /// `op` with its runs and keys taken from namespace `ns`.
+    fn apply_in(&mut self, op: &Op, ns: usize) -> Outcome {
+        let run = |r: usize| run_in(ns, r);
         match op {
             Op::Put {
                 run: r,
@@ -155,20 +192,20 @@ impl Model {
                 keys.sort();
                 Outcome::Keys(keys)
             }
-            Op::PutGlobal { key, value } => {
-                let key = KEYS[*key];
-                if self.globals.contains_key(key) {
-                    Outcome::GlobalAlreadyExists(key.to_owned())
-                } else {
-                    self.globals.insert(key.to_owned(), value.clone());
+            Op::PutGlobal { key, value } => match self.globals.entry(key_in(ns, *key)) {
+                std::collections::hash_map::Entry::Occupied(e) => {
+                    Outcome::GlobalAlreadyExists(e.key().clone())
+                }
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    e.insert(value.clone());
                     Outcome::Done
                 }
-            }
+            },
             Op::UpsertGlobal { key, value } => {
-                self.globals.insert(KEYS[*key].to_owned(), value.clone());
+                self.globals.insert(key_in(ns, *key), value.clone());
                 Outcome::Done
             }
-            Op::GetGlobal { key } => Outcome::Value(self.globals.get(KEYS[*key]).cloned()),
+            Op::GetGlobal { key } => Outcome::Value(self.globals.get(&key_in(ns, *key)).cloned()),
             Op::Reopen => Outcome::Done,
         }
     }
@@ -177,8 +214,56 @@ impl Model {
 /// How the store under test is made and remade.
 #[derive(Clone, Copy, Debug)]
 enum Backend {
-    File(Durability),
+    File {
+        durability: Durability,
+        group_commit: bool,
+    },
     Memory,
+}
+
+impl Backend {
+    /// A file store with `durability` and group commit on (the default).
+    fn file(durability: Durability) -> Self {
+        Self::File {
+            durability,
+            group_commit: true,
+        }
+    }
+}
+
+/// Opens a file store at `path`.
+fn open_file(path: &Path, durability: Durability, group_commit: bool) -> SqliteContextStore {
+    SqliteContextStore::open_with(
+        path,
+        SqliteOptions {
+            durability,
+            group_commit,
+            ..Default::default()
+        },
+    )
+    .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()))
+}
+
+/// Applies `op` (not `Reopen`) to `store`, with its runs and keys taken
+/// from namespace `ns`.
+fn apply_to(store: &SqliteContextStore, op: &Op, ns: usize) -> Outcome {
+    let run = |r: usize| run_in(ns, r);
+    let key = |k: usize| key_in(ns, k);
+    match op {
+        Op::Put {
+            run: r,
+            node: n,
+            value,
+        } => Outcome::of_unit(store.put(run(*r), node(*n), value)),
+        Op::Get { run: r, node: n } => Outcome::of_value(store.get(run(*r), node(*n))),
+        Op::ListKeys { run: r } => Outcome::of_keys(store.list_keys(run(*r))),
+        Op::PutGlobal { key: k, value } => Outcome::of_unit(store.put_global(&key(*k), value)),
+        Op::UpsertGlobal { key: k, value } => {
+            Outcome::of_unit(store.upsert_global(&key(*k), value))
+        }
+        Op::GetGlobal { key: k } => Outcome::of_value(store.get_global(&key(*k))),
+        Op::Reopen => Outcome::Unexpected("Reopen cannot be applied to a shared store".into()),
+    }
 }
 
 struct Subject {
@@ -200,20 +285,16 @@ impl Subject {
 
     fn open(&self) -> SqliteContextStore {
         match self.backend {
-            Backend::File(durability) => SqliteContextStore::open_with(
-                &self.path,
-                SqliteOptions {
-                    durability,
-                    ..Default::default()
-                },
-            )
-            .unwrap_or_else(|e| panic!("reopening {}: {e}", self.path.display())),
+            Backend::File {
+                durability,
+                group_commit,
+            } => open_file(&self.path, durability, group_commit),
             Backend::Memory => SqliteContextStore::in_memory().unwrap(),
         }
     }
 
     fn reopen(&mut self) {
-        if let Backend::File(_) = self.backend {
+        if let Backend::File { .. } = self.backend {
             // Close every connection before the file is opened again.
             drop(self.store.take());
             self.store = Some(self.open());
@@ -225,24 +306,12 @@ impl Subject {
     }
 
     fn apply(&mut self, op: &Op) -> Outcome {
-        let store = self.store();
         match op {
-            Op::Put {
-                run: r,
-                node: n,
-                value,
-            } => Outcome::of_unit(store.put(run(*r), node(*n), value)),
-            Op::Get { run: r, node: n } => Outcome::of_value(store.get(run(*r), node(*n))),
-            Op::ListKeys { run: r } => Outcome::of_keys(store.list_keys(run(*r))),
-            Op::PutGlobal { key, value } => Outcome::of_unit(store.put_global(KEYS[*key], value)),
-            Op::UpsertGlobal { key, value } => {
-                Outcome::of_unit(store.upsert_global(KEYS[*key], value))
-            }
-            Op::GetGlobal { key } => Outcome::of_value(store.get_global(KEYS[*key])),
             Op::Reopen => {
                 self.reopen();
                 Outcome::Done
             }
+            other => apply_to(self.store(), other, 0),
         }
     }
 }
@@ -330,6 +399,135 @@ fn ops() -> impl Strategy<Value = Vec<Op>> {
     prop::collection::vec(op(), 1..60)
 }
 
+/// Sequences for `THREADS` threads sharing one store (no `Reopen`).
+fn thread_ops() -> impl Strategy<Value = Vec<Vec<Op>>> {
+    let op = op().prop_filter("a shared store is not reopened", |op| {
+        !matches!(op, Op::Reopen)
+    });
+    prop::collection::vec(prop::collection::vec(op, 1..30), THREADS)
+}
+
+const THREADS: usize = 4;
+
+/// The same sequence against a batched and an unbatched store and the
+/// model, operation by operation; then the whole state of each.
+fn batched_and_unbatched_agree(durability: Durability, ops: &[Op]) -> Result<(), TestCaseError> {
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let mut model = Model::default();
+    let mut batched = Subject::new(
+        Backend::File {
+            durability,
+            group_commit: true,
+        },
+        dir_a.path(),
+    );
+    let mut unbatched = Subject::new(
+        Backend::File {
+            durability,
+            group_commit: false,
+        },
+        dir_b.path(),
+    );
+    for (step, op) in ops.iter().enumerate() {
+        let expected = model.apply(op);
+        let with = batched.apply(op);
+        let without = unbatched.apply(op);
+        prop_assert_eq!(&with, &without, "step {}: {:?}", step, op);
+        prop_assert_eq!(with, expected, "step {}: {:?}", step, op);
+    }
+    check_whole_state(&mut model, &mut batched)?;
+    check_whole_state(&mut model, &mut unbatched)?;
+    Ok(())
+}
+
+/// Every output and global of namespaces `0..=threads`, as one comparable list.
+fn snapshot(store: &SqliteContextStore, threads: usize) -> Vec<Outcome> {
+    let mut reads = Vec::new();
+    for ns in 0..=threads {
+        for r in 0..RUNS.len() {
+            reads.push(apply_to(store, &Op::ListKeys { run: r }, ns));
+            for n in 0..NODES.len() {
+                reads.push(apply_to(store, &Op::Get { run: r, node: n }, ns));
+            }
+        }
+        for key in 0..KEYS.len() {
+            reads.push(apply_to(store, &Op::GetGlobal { key }, ns));
+        }
+    }
+    reads
+}
+
+/// `sequences[t]` run by thread `t` in namespace `t + 1`, all at once
+/// against one batched store; each thread also races for one contended
+/// output in namespace 0.
+fn concurrent_threads_agree(sequences: &[Vec<Op>]) -> Result<(), TestCaseError> {
+    let dir = tempfile::tempdir().unwrap();
+    let shared = open_file(&dir.path().join("batched.db"), Durability::Full, true);
+    let start = std::sync::Barrier::new(sequences.len());
+    let contended = Op::Get { run: 0, node: 0 };
+    let results: Vec<(Vec<(Outcome, Outcome)>, Outcome)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = sequences
+            .iter()
+            .enumerate()
+            .map(|(t, ops)| {
+                let (shared, start) = (&shared, &start);
+                scope.spawn(move || {
+                    let ns = t + 1;
+                    let mut model = Model::default();
+                    start.wait();
+                    let race = Op::Put {
+                        run: 0,
+                        node: 0,
+                        value: Value::from(t),
+                    };
+                    let raced = apply_to(shared, &race, 0);
+                    let compared = ops
+                        .iter()
+                        .map(|op| (apply_to(shared, op, ns), model.apply_in(op, ns)))
+                        .collect();
+                    (compared, raced)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+
+    let mut winners = Vec::new();
+    for (t, (compared, raced)) in results.into_iter().enumerate() {
+        for (step, (actual, expected)) in compared.into_iter().enumerate() {
+            prop_assert_eq!(actual, expected, "thread {} step {}", t, step);
+        }
+        match raced {
+            Outcome::Done => winners.push(t),
+            Outcome::AlreadyExists(..) => {}
+            other => prop_assert!(false, "thread {} raced and got {:?}", t, other),
+        }
+    }
+    prop_assert_eq!(winners.len(), 1, "exactly one racer wins");
+    let stored = apply_to(&shared, &contended, 0);
+    prop_assert_eq!(stored, Outcome::Value(Some(Value::from(winners[0]))));
+
+    // The same sequences one after another on an unbatched store, with the
+    // same winner, end in the same state.
+    let serial = open_file(&dir.path().join("unbatched.db"), Durability::Full, false);
+    let race = Op::Put {
+        run: 0,
+        node: 0,
+        value: Value::from(winners[0]),
+    };
+    prop_assert_eq!(apply_to(&serial, &race, 0), Outcome::Done);
+    for (t, ops) in sequences.iter().enumerate() {
+        for op in ops {
+            apply_to(&serial, op, t + 1);
+        }
+    }
+    prop_assert_eq!(
+        snapshot(&shared, sequences.len()),
+        snapshot(&serial, sequences.len())
+    );
+    Ok(())
+}
+
 fn config(cases: u32) -> ProptestConfig {
     ProptestConfig {
         cases,
@@ -346,13 +544,13 @@ proptest! {
     /// The default, fully durable file store agrees with the model.
     #[test]
     fn sqlite_file_full_durability_matches_model(ops in ops()) {
-        run_sequence(Backend::File(Durability::Full), &ops)?;
+        run_sequence(Backend::file(Durability::Full), &ops)?;
     }
 
     /// `Durability::Normal` changes when commits reach the disk, never what they mean.
     #[test]
     fn sqlite_file_normal_durability_matches_model(ops in ops()) {
-        run_sequence(Backend::File(Durability::Normal), &ops)?;
+        run_sequence(Backend::file(Durability::Normal), &ops)?;
     }
 
     /// The in-memory store (reads through the writer connection) agrees too;
@@ -360,6 +558,24 @@ proptest! {
     #[test]
     fn sqlite_in_memory_matches_model(ops in ops()) {
         run_sequence(Backend::Memory, &ops)?;
+    }
+
+    /// Group commit changes when writes reach the disk, never their
+    /// results: batched and unbatched stores agree op by op.
+    #[test]
+    fn batched_and_unbatched_stores_agree_op_by_op(ops in ops()) {
+        batched_and_unbatched_agree(Durability::Full, &ops)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(config(32))]
+
+    /// Threads whose writes share commits each see exactly what their own
+    /// model says, and together end where an unbatched store does.
+    #[test]
+    fn concurrent_batched_writers_match_their_models(sequences in thread_ops()) {
+        concurrent_threads_agree(&sequences)?;
     }
 }
 
@@ -422,8 +638,8 @@ fn fixed_sequence_with_every_collision() {
         },
     ];
     for backend in [
-        Backend::File(Durability::Full),
-        Backend::File(Durability::Normal),
+        Backend::file(Durability::Full),
+        Backend::file(Durability::Normal),
         Backend::Memory,
     ] {
         run_sequence(backend, &ops).unwrap();

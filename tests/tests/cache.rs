@@ -14,6 +14,7 @@ use serde_json::json;
 fn runtime_with_cache(dir: &Path) -> Runtime {
     Runtime::with_config(RuntimeConfig {
         cache_dir: Some(dir.to_path_buf()),
+        ..RuntimeConfig::default()
     })
     .unwrap()
 }
@@ -121,6 +122,7 @@ fn without_cache_nothing_is_written() {
     // And a cache directory that cannot be created is not fatal.
     let broken = Runtime::with_config(RuntimeConfig {
         cache_dir: Some("/proc/no-such/cache".into()),
+        ..RuntimeConfig::default()
     })
     .unwrap();
     greet_runs(&broken);

@@ -1,7 +1,7 @@
 //! The tiny flow of the example steps, as a flow engine would run it.
 
 use contextstore::{FlowRunId, Invocation, NodeId, StepError, StepStatus};
-use contextstore_tests::{components, load, run_default, runtime, temp_store};
+use contextstore_tests::{components, load, run_default, temp_store};
 use serde_json::json;
 
 // Every guest component must have a test in this crate: a missing one is a
@@ -15,11 +15,40 @@ macro_rules! assert_test_exists {
 contextstore_tests::foreach_component!(assert_test_exists);
 
 mod component_tests {
+    pub(crate) use super::bench_puts_or_gets_in_a_loop as bench;
     pub(crate) use super::greet_then_shout as greet;
     pub(crate) use super::greet_then_shout as shout;
     pub(crate) use super::hostile_is_tested_in_hostile_rs as hostile;
     pub(crate) use super::words_and_join_are_tested_in_flows_rs as words;
     pub(crate) use super::words_and_join_are_tested_in_flows_rs as join;
+}
+
+/// `bench` (the benchmark's step): a trivial put, or N gets of one node.
+#[test]
+fn bench_puts_or_gets_in_a_loop() {
+    let (_dir, store) = temp_store();
+    let bench = load(components::BENCH);
+    let run = FlowRunId::new();
+    let (put_id, get_id, missing) = (NodeId::new(), NodeId::new(), NodeId::new());
+
+    let put = run_default(&bench, &store, &Invocation::new(run, put_id)).unwrap();
+    assert_eq!(put.status, StepStatus::Ran);
+    assert_eq!(store.get(run, put_id).unwrap(), Some(json!({"ok": true})));
+
+    let stored = store.get_text(run, put_id).unwrap().unwrap();
+    let gets = Invocation::new(run, get_id).with_params(json!({"gets": 5, "node": put_id}));
+    let out = run_default(&bench, &store, &gets).unwrap();
+    assert_eq!(
+        out.value().unwrap(),
+        json!({"gets": 5, "found": 5, "bytes": 5 * stored.as_str().len()})
+    );
+
+    let none = Invocation::new(run, NodeId::new()).with_params(json!({"gets": 3, "node": missing}));
+    let out = run_default(&bench, &store, &none).unwrap();
+    assert_eq!(
+        out.value().unwrap(),
+        json!({"gets": 3, "found": 0, "bytes": 0})
+    );
 }
 
 /// `hostile` has its own test file, `hostile.rs`, with a test per mode.
@@ -106,8 +135,17 @@ fn shout_without_its_upstream_fails_and_writes_nothing() {
 #[test]
 fn loading_the_same_component_twice_compiles_once() {
     let bytes = std::fs::read(components::GREET).unwrap();
-    let first = runtime().load_bytes("greet-a", &bytes).unwrap();
-    let again = runtime().load_bytes("greet-b", &bytes).unwrap();
-    // The second load hands back the first compilation, name and all.
-    assert_eq!(again.name(), first.name(), "second load compiled again");
+    let runtime =
+        contextstore::Runtime::with_config(contextstore::runtime::RuntimeConfig::without_cache())
+            .unwrap();
+    assert_eq!(runtime.compilations(), 0);
+    runtime.load_bytes("greet-a", &bytes).unwrap();
+    let after_first = runtime.compilations();
+    assert!(after_first >= 1, "the first load compiles");
+    runtime.load_bytes("greet-b", &bytes).unwrap();
+    assert_eq!(
+        runtime.compilations(),
+        after_first,
+        "second load compiled again"
+    );
 }

@@ -434,3 +434,56 @@ fn event_callbacks_run_outside_the_schedulers_lock() {
         "`b` did not start while the Blocked callback ran: {report:?}"
     );
 }
+
+/// A flow of 1,000 nodes: one source, 998 nodes fanning out from it, and
+/// one node fanning in from all of them. Loading, checking and running it
+/// must not do quadratic work; every node's output is checked.
+#[test]
+fn a_thousand_node_fan_out_fan_in_flow_runs() {
+    const MIDDLE: usize = 998;
+    let (dir, store) = temp_store();
+    let mut text = format!(
+        "name = \"wide\"\n[nodes.source]\ncomponent = \"{}\"\nparams = {{ name = \"source\" }}\n",
+        components::GREET
+    );
+    for i in 0..MIDDLE {
+        text += &format!(
+            "[nodes.m{i}]\ncomponent = \"{}\"\nparams = {{ name = \"m{i}\" }}\nupstream = [\"source\"]\n",
+            components::GREET
+        );
+    }
+    let all: Vec<String> = (0..MIDDLE).map(|i| format!("\"m{i}\"")).collect();
+    text += &format!(
+        "[nodes.sink]\ncomponent = \"{}\"\nparams = {{ name = \"sink\" }}\nupstream = [{}]\n",
+        components::GREET,
+        all.join(", ")
+    );
+    let flow = flow::load(&write_flow(dir.path(), &text)).unwrap();
+    assert_eq!(flow.nodes.len(), MIDDLE + 2);
+    let sink = flow.nodes.last().unwrap();
+    assert_eq!(sink.upstream_index, (1..=MIDDLE).collect::<Vec<_>>());
+    // The sink's line is found by position, as for a small file.
+    assert_eq!(
+        sink.line,
+        text.lines().position(|l| l == "[nodes.sink]").unwrap() + 1
+    );
+
+    let run = FlowRunId::new();
+    let options = RunOptions {
+        jobs: 4,
+        on_event: &quiet,
+    };
+    let report = flow::run(runtime(), &store, &flow, run, &options).unwrap();
+    assert!(report.is_success(), "{:?}", report.failures().next());
+    assert_eq!(report.results.len(), MIDDLE + 2);
+    for node in &flow.nodes {
+        let output = store.get(run, node.node_id).unwrap();
+        assert_eq!(
+            output,
+            Some(json!({"greeting": format!("Hello, {}!", node.name)})),
+            "node {}",
+            node.name
+        );
+    }
+    assert_eq!(store.list_keys(run).unwrap().len(), MIDDLE + 2);
+}

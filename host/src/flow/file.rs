@@ -25,7 +25,7 @@
 //! grant = { global_write = ["cache/"] }
 //! ```
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -83,16 +83,26 @@ struct GrantSpec {
 /// Where in the file a thing is, for error messages.
 struct Source<'a> {
     path: &'a Path,
-    text: &'a str,
+    /// The byte offset of the start of every line after the first.
+    line_starts: Vec<usize>,
 }
 
-impl Source<'_> {
+impl<'a> Source<'a> {
+    fn new(path: &'a Path, text: &str) -> Self {
+        let line_starts = text
+            .bytes()
+            .enumerate()
+            .filter(|(_, b)| *b == b'\n')
+            .map(|(i, _)| i + 1)
+            .collect();
+        Self { path, line_starts }
+    }
+
+    /// The 1-based line of a span's start (a binary search, so that a
+    /// large flow file costs no scan per node).
     fn line(&self, span: std::ops::Range<usize>) -> usize {
-        let start = span.start.min(self.text.len());
-        self.text.as_bytes()[..start]
-            .iter()
-            .filter(|b| **b == b'\n')
-            .count()
+        self.line_starts
+            .partition_point(|start| *start <= span.start)
             + 1
     }
 
@@ -167,7 +177,7 @@ pub fn load(path: &Path) -> Result<Flow, FlowError> {
 /// Parses and checks flow text; `path` names the file in errors and is the
 /// base of relative component paths.
 pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
-    let source = Source { path, text };
+    let source = Source::new(path, text);
     let spec: FileSpec = toml::from_str(text).map_err(|e| {
         let line = e.span().map_or(0, |span| source.line(span));
         FlowError::Invalid {
@@ -190,6 +200,11 @@ pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
     // File order, so that listings follow the file.
     let mut specs: Vec<(&String, &Spanned<NodeSpec>)> = spec.nodes.get_ref().iter().collect();
     specs.sort_by_key(|(_, node)| node.span().start);
+    let index: HashMap<&str, usize> = specs
+        .iter()
+        .enumerate()
+        .map(|(i, (name, _))| (name.as_str(), i))
+        .collect();
 
     let mut nodes = Vec::with_capacity(specs.len());
     for (name, spanned) in &specs {
@@ -198,21 +213,24 @@ pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
             return Err(source.error(spanned.span(), "a node name is empty".into()));
         }
         let mut upstream = Vec::with_capacity(node.upstream.len());
+        let mut upstream_index = Vec::with_capacity(node.upstream.len());
+        let mut seen = HashSet::with_capacity(node.upstream.len());
         for up in &node.upstream {
             let up_name = up.get_ref();
-            if !spec.nodes.get_ref().contains_key(up_name) {
+            let Some(&i) = index.get(up_name.as_str()) else {
                 return Err(source.error(
                     up.span(),
                     format!("node `{name}` names unknown upstream `{up_name}`"),
                 ));
-            }
-            if upstream.contains(up_name) {
+            };
+            if !seen.insert(i) {
                 return Err(source.error(
                     up.span(),
                     format!("node `{name}` names upstream `{up_name}` twice"),
                 ));
             }
             upstream.push(up_name.clone());
+            upstream_index.push(i);
         }
         let component = resolve(base_dir, node.component.get_ref());
         if !component.is_file() {
@@ -239,6 +257,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
             component,
             params,
             upstream,
+            upstream_index,
             limits: node.limits.apply(&default_limits, &source)?,
             grant: node.grant.apply(&default_grant),
             line: source.line(spanned.span()),

@@ -54,6 +54,10 @@ pub struct FlowNode {
     pub params: Value,
     /// The names of its upstream nodes.
     pub upstream: Vec<String>,
+    /// The indexes in [`Flow::nodes`] of the same upstream nodes, in the
+    /// same order as [`upstream`](Self::upstream): resolved once at load, so
+    /// that running and checking a flow never looks a name up.
+    pub upstream_index: Vec<usize>,
     /// Its limits (flow defaults with the node's overrides).
     pub limits: Limits,
     /// Its grant (flow defaults with the node's overrides).
@@ -63,58 +67,71 @@ pub struct FlowNode {
 }
 
 impl Flow {
-    /// The index of the node named `name`.
+    /// The index of the node named `name`: a scan of the nodes, for
+    /// occasional lookups (the flow's own edges are in
+    /// [`FlowNode::upstream_index`]).
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
     }
 
     /// For each node, the indexes of the nodes that list it as upstream.
+    /// Linear in the number of nodes and edges.
     pub fn dependents(&self) -> Vec<Vec<usize>> {
         let mut dependents = vec![Vec::new(); self.nodes.len()];
         for (i, node) in self.nodes.iter().enumerate() {
-            for up in &node.upstream {
-                if let Some(u) = self.index_of(up) {
-                    dependents[u].push(i);
+            for &u in &node.upstream_index {
+                if let Some(list) = dependents.get_mut(u) {
+                    list.push(i);
                 }
             }
         }
         dependents
     }
 
-    /// A cycle of node indexes, if the graph has one.
+    /// A cycle of node indexes, if the graph has one, in dependency order:
+    /// each node is an upstream of the next, and the last of the first.
+    ///
+    /// An iterative depth-first search, linear in nodes and edges, so that
+    /// a long chain of nodes cannot overflow the stack.
     pub fn find_cycle(&self) -> Option<Vec<usize>> {
-        // Depth-first search with colours: 0 unvisited, 1 on the path, 2 done.
-        let mut colour = vec![0u8; self.nodes.len()];
-        let mut path = Vec::new();
+        #[derive(Clone, Copy, PartialEq)]
+        enum Colour {
+            Unvisited,
+            OnPath,
+            Done,
+        }
+        let mut colour = vec![Colour::Unvisited; self.nodes.len()];
+        // Each frame: a node on the path and how many of its upstreams are seen.
+        let mut path: Vec<(usize, usize)> = Vec::new();
         for start in 0..self.nodes.len() {
-            if colour[start] == 0
-                && let Some(cycle) = self.visit(start, &mut colour, &mut path)
-            {
-                return Some(cycle);
+            if colour[start] != Colour::Unvisited {
+                continue;
+            }
+            colour[start] = Colour::OnPath;
+            path.push((start, 0));
+            while let Some((i, next)) = path.last_mut() {
+                let i = *i;
+                let Some(&u) = self.nodes[i].upstream_index.get(*next) else {
+                    colour[i] = Colour::Done;
+                    path.pop();
+                    continue;
+                };
+                *next += 1;
+                match colour.get(u) {
+                    Some(Colour::OnPath) => {
+                        let from = path.iter().position(|(p, _)| *p == u).unwrap_or(0);
+                        let mut cycle: Vec<usize> = path[from..].iter().map(|(p, _)| *p).collect();
+                        cycle.reverse();
+                        return Some(cycle);
+                    }
+                    Some(Colour::Unvisited) => {
+                        colour[u] = Colour::OnPath;
+                        path.push((u, 0));
+                    }
+                    Some(Colour::Done) | None => {}
+                }
             }
         }
-        None
-    }
-
-    fn visit(&self, i: usize, colour: &mut [u8], path: &mut Vec<usize>) -> Option<Vec<usize>> {
-        colour[i] = 1;
-        path.push(i);
-        for up in &self.nodes[i].upstream {
-            let Some(u) = self.index_of(up) else { continue };
-            if colour[u] == 1 {
-                let from = path.iter().position(|p| *p == u).unwrap_or(0);
-                let mut cycle: Vec<usize> = path[from..].to_vec();
-                cycle.reverse();
-                return Some(cycle);
-            }
-            if colour[u] == 0
-                && let Some(cycle) = self.visit(u, colour, path)
-            {
-                return Some(cycle);
-            }
-        }
-        path.pop();
-        colour[i] = 2;
         None
     }
 }

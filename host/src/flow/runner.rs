@@ -3,8 +3,9 @@
 //! stopping its dependents (and only them).
 
 use std::any::Any;
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -132,18 +133,26 @@ pub fn run(
     flow_run_id: FlowRunId,
     options: &RunOptions<'_>,
 ) -> Result<FlowReport, FlowError> {
-    let components = flow
-        .nodes
-        .iter()
-        .map(|node| {
-            runtime
-                .load_file(&node.component)
-                .map_err(|source| FlowError::Component {
-                    node: node.name.clone(),
-                    source,
-                })
-        })
-        .collect::<Result<Vec<StepComponent>, FlowError>>()?;
+    // Each file is read and hashed once, however many nodes share it.
+    let mut loaded: HashMap<&Path, StepComponent> = HashMap::new();
+    let mut components = Vec::with_capacity(flow.nodes.len());
+    for node in &flow.nodes {
+        let component = match loaded.get(node.component.as_path()) {
+            Some(component) => component.clone(),
+            None => {
+                let component =
+                    runtime
+                        .load_file(&node.component)
+                        .map_err(|source| FlowError::Component {
+                            node: node.name.clone(),
+                            source,
+                        })?;
+                loaded.insert(&node.component, component.clone());
+                component
+            }
+        };
+        components.push(component);
+    }
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
     let ready = (0..flow.nodes.len())
@@ -303,9 +312,9 @@ impl Worker<'_> {
         self.emit(&FlowEvent::Started { node });
         let mut invocation =
             Invocation::new(self.flow_run_id, node.node_id).with_params(node.params.clone());
-        for up in &node.upstream {
-            if let Some(u) = self.flow.index_of(up) {
-                invocation = invocation.with_upstream(up.clone(), self.flow.nodes[u].node_id);
+        for (up, &u) in node.upstream.iter().zip(&node.upstream_index) {
+            if let Some(upstream) = self.flow.nodes.get(u) {
+                invocation = invocation.with_upstream(up.clone(), upstream.node_id);
             }
         }
         let started = Instant::now();

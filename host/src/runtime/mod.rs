@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use tracing::Instrument;
 use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime::{Config, Engine, Store, Trap};
+use wasmtime::{Config, Engine, InstanceAllocationStrategy, Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
 use crate::grant::Grant;
@@ -22,18 +22,21 @@ mod cache;
 mod epoch;
 mod invocation;
 mod limiter;
+mod pool;
 mod state;
 mod stderr;
 mod step_error;
 
 pub use cache::{CacheError, CodeCache, Lookup};
 pub use invocation::Invocation;
+pub use pool::PoolConfig;
 pub use step_error::{GuestFailure, StepError};
 
 use bindings::{StepPre, WitInvocation, WitUpstream};
+
 use epoch::EpochTicker;
 use limiter::GuestLimiter;
-use state::{STDERR_CAPTURE, StepState};
+use state::{STDERR_CAPTURE, StepState, Writes};
 use stderr::StderrRing;
 
 /// Why a component could not be loaded.
@@ -72,12 +75,18 @@ pub struct RuntimeConfig {
     /// Where compiled components are cached on disk; `None` turns the cache
     /// off. Default: [`CodeCache::default_dir`] (`~/.cache/contextstore/compiled`).
     pub cache_dir: Option<PathBuf>,
+    /// The pooling instance allocator, for fast step start; `None`
+    /// allocates every instance on demand. Default: [`PoolConfig::default`].
+    /// Components that do not fit the pool are instantiated on demand (see
+    /// [`PoolConfig`]).
+    pub pool: Option<PoolConfig>,
 }
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: CodeCache::default_dir(),
+            pool: Some(PoolConfig::default()),
         }
     }
 }
@@ -85,7 +94,10 @@ impl Default for RuntimeConfig {
 impl RuntimeConfig {
     /// No on-disk cache: every process compiles its components.
     pub fn without_cache() -> Self {
-        Self { cache_dir: None }
+        Self {
+            cache_dir: None,
+            ..Self::default()
+        }
     }
 }
 
@@ -102,6 +114,8 @@ pub struct StepComponent {
     hash: blake3::Hash,
     /// The bytes, for a fuel-metered compilation made on demand.
     bytes: Arc<[u8]>,
+    /// The engine `pre` is for: pooled, unless the component does not fit.
+    kind: EngineKind,
     pre: StepPre<StepState>,
 }
 
@@ -158,6 +172,33 @@ enum Metering {
     Fuel,
 }
 
+/// How an engine allocates instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Allocation {
+    Pool,
+    OnDemand,
+}
+
+/// Which of the runtime's engines.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct EngineKind {
+    metering: Metering,
+    allocation: Allocation,
+}
+
+impl EngineKind {
+    fn on_demand(self) -> Self {
+        Self {
+            allocation: Allocation::OnDemand,
+            ..self
+        }
+    }
+}
+
+/// Instance-pres by component hash and engine; `None` for a component that
+/// does not fit the pool.
+type Compiled = HashMap<(blake3::Hash, EngineKind), Option<StepPre<StepState>>>;
+
 /// One wasmtime engine with its linker.
 struct EngineSet {
     engine: Engine,
@@ -165,11 +206,17 @@ struct EngineSet {
 }
 
 impl EngineSet {
-    fn new(metering: Metering) -> Result<Self, RuntimeError> {
+    /// An engine; `pool` makes it allocate from a pool. Engines that differ
+    /// only in allocation compile the same code, so one compilation serves
+    /// both (and one compiled-code cache entry).
+    fn new(metering: Metering, pool: Option<&PoolConfig>) -> Result<Self, RuntimeError> {
         let mut config = Config::new();
         config.wasm_component_model(true);
         config.epoch_interruption(true);
         config.consume_fuel(metering == Metering::Fuel);
+        if let Some(pool) = pool {
+            config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool.to_wasmtime()));
+        }
         let engine = Engine::new(&config).map_err(|e| RuntimeError(format!("{e:#}")))?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut linker)
@@ -188,11 +235,16 @@ impl EngineSet {
 pub struct Runtime {
     plain: EngineSet,
     metered: EngineSet,
-    /// Compilations by content hash and metering, with the name the
-    /// component was first loaded under.
-    compiled: Mutex<HashMap<(blake3::Hash, Metering), (Arc<str>, StepPre<StepState>)>>,
+    /// The pooled engines (plain, metered), when the pool is on.
+    pooled: Option<(EngineSet, EngineSet)>,
+    pool: Option<PoolConfig>,
+    /// Instance-pres by component and engine; `None` for a component that
+    /// does not fit the pool.
+    compiled: Mutex<Compiled>,
     /// Held while compiling, so that each component is compiled once.
     compiling: Mutex<()>,
+    /// How many components this runtime compiled or took from the cache.
+    compilations: std::sync::atomic::AtomicUsize,
     cache: Option<CodeCache>,
     /// Drives the blocking [`run`](Runtime::run): its timers and WASI I/O.
     blocking: tokio::runtime::Runtime,
@@ -208,12 +260,22 @@ impl Runtime {
 
     /// A runtime with epoch interruption on, and WASI linked with nothing
     /// opened. A cache directory that cannot be used is logged and the
-    /// runtime works without it.
+    /// runtime works without it. A pool that cannot be reserved is an error.
     pub fn with_config(config: RuntimeConfig) -> Result<Self, RuntimeError> {
-        let plain = EngineSet::new(Metering::Off)?;
-        let metered = EngineSet::new(Metering::Fuel)?;
-        let ticker = EpochTicker::start(vec![plain.engine.clone(), metered.engine.clone()])
-            .map_err(|e| RuntimeError(e.to_string()))?;
+        let plain = EngineSet::new(Metering::Off, None)?;
+        let metered = EngineSet::new(Metering::Fuel, None)?;
+        let pooled = match &config.pool {
+            Some(pool) => Some((
+                EngineSet::new(Metering::Off, Some(pool))?,
+                EngineSet::new(Metering::Fuel, Some(pool))?,
+            )),
+            None => None,
+        };
+        let mut engines = vec![plain.engine.clone(), metered.engine.clone()];
+        if let Some((a, b)) = &pooled {
+            engines.extend([a.engine.clone(), b.engine.clone()]);
+        }
+        let ticker = EpochTicker::start(engines).map_err(|e| RuntimeError(e.to_string()))?;
         let cache = config.cache_dir.and_then(|dir| match CodeCache::open(&dir) {
             Ok(cache) => Some(cache),
             Err(error) => {
@@ -230,24 +292,50 @@ impl Runtime {
         Ok(Self {
             plain,
             metered,
+            pooled,
+            pool: config.pool,
             compiled: Mutex::new(HashMap::new()),
             compiling: Mutex::new(()),
+            compilations: std::sync::atomic::AtomicUsize::new(0),
             cache,
             blocking,
             _ticker: ticker,
         })
     }
 
-    /// The wasmtime engine of invocations without a fuel budget.
+    /// The wasmtime engine of invocations without a fuel budget (the
+    /// pooled one when the pool is on).
     pub fn engine(&self) -> &Engine {
-        &self.plain.engine
+        &self.engines(self.preferred(Metering::Off)).engine
     }
 
-    fn engines(&self, metering: Metering) -> &EngineSet {
-        match metering {
-            Metering::Off => &self.plain,
-            Metering::Fuel => &self.metered,
+    /// The engine of `kind` (the on-demand one when the pool is off).
+    fn engines(&self, kind: EngineKind) -> &EngineSet {
+        match (kind.allocation, &self.pooled, kind.metering) {
+            (Allocation::Pool, Some((plain, _)), Metering::Off) => plain,
+            (Allocation::Pool, Some((_, metered)), Metering::Fuel) => metered,
+            (_, _, Metering::Off) => &self.plain,
+            (_, _, Metering::Fuel) => &self.metered,
         }
+    }
+
+    /// The pooled engine of `metering` if the pool is on, else the on-demand one.
+    fn preferred(&self, metering: Metering) -> EngineKind {
+        let allocation = match self.pooled {
+            Some(_) => Allocation::Pool,
+            None => Allocation::OnDemand,
+        };
+        EngineKind {
+            metering,
+            allocation,
+        }
+    }
+
+    /// How many component compilations this runtime has made (taken from
+    /// the on-disk cache or compiled), for every engine together. A
+    /// component loaded again is not compiled again.
+    pub fn compilations(&self) -> usize {
+        self.compilations.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Loads a component file. See [`load_bytes`](Self::load_bytes).
@@ -270,30 +358,64 @@ impl Runtime {
     /// time an invocation with a fuel budget needs it.)
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
         let hash = blake3::hash(bytes);
-        let (name, pre) = self.prepare(name, &hash, bytes, Metering::Off)?;
+        let (kind, pre) =
+            self.prepare_fitting(name, &hash, bytes, self.preferred(Metering::Off))?;
         Ok(StepComponent {
-            name,
+            name: name.into(),
             hash,
             bytes: Arc::from(bytes),
+            kind,
             pre,
         })
     }
 
-    /// The instance-pre of `bytes` for the engine of `metering`: from this
-    /// runtime's memory, the on-disk cache, or compiled now.
+    /// The instance-pre for `kind`, or for its on-demand engine if the
+    /// component does not fit the pool; with the kind it is for.
+    fn prepare_fitting(
+        &self,
+        name: &str,
+        hash: &blake3::Hash,
+        bytes: &[u8],
+        kind: EngineKind,
+    ) -> Result<(EngineKind, StepPre<StepState>), LoadError> {
+        if let Some(pre) = self.prepare(name, hash, bytes, kind)? {
+            return Ok((kind, pre));
+        }
+        let on_demand = kind.on_demand();
+        match self.prepare(name, hash, bytes, on_demand)? {
+            Some(pre) => Ok((on_demand, pre)),
+            None => Err(LoadError::Invalid {
+                name: name.to_owned(),
+                reason: "no engine accepts the component".into(),
+            }),
+        }
+    }
+
+    /// The instance-pre of `bytes` for the engine of `kind`: from this
+    /// runtime's memory, or made now. `None` if the component does not fit
+    /// the pool (for a pooled `kind`).
+    ///
+    /// The code is compiled once, for the on-demand engine (through the
+    /// on-disk cache); a pooled engine gets a copy of that compiled code,
+    /// and checks on the way in whether the component fits its slots.
     fn prepare(
         &self,
         name: &str,
         hash: &blake3::Hash,
         bytes: &[u8],
-        metering: Metering,
-    ) -> Result<(Arc<str>, StepPre<StepState>), LoadError> {
-        let key = (*hash, metering);
-        let lookup = || {
+        kind: EngineKind,
+    ) -> Result<Option<StepPre<StepState>>, LoadError> {
+        let lookup = |kind: EngineKind| {
             let compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
-            compiled.get(&key).cloned()
+            compiled.get(&(*hash, kind)).cloned()
         };
-        if let Some(found) = lookup() {
+        let remember = |kind: EngineKind, pre: Option<StepPre<StepState>>| {
+            self.compiled
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert((*hash, kind), pre);
+        };
+        if let Some(found) = lookup(kind) {
             return Ok(found);
         }
         // One compilation at a time: a second thread loading the same bytes
@@ -302,43 +424,105 @@ impl Runtime {
             .compiling
             .lock()
             .unwrap_or_else(PoisonError::into_inner);
-        if let Some(found) = lookup() {
+        if let Some(found) = lookup(kind) {
             return Ok(found);
         }
-        let set = self.engines(metering);
         let started = Instant::now();
-        let component = match self.cache.as_ref().map(|c| c.get(&set.engine, hash)) {
-            Some(Lookup::Hit(component)) => component,
-            _ => {
-                let component =
-                    Component::new(&set.engine, bytes).map_err(|e| LoadError::Invalid {
-                        name: name.to_owned(),
-                        reason: format!("{e:#}"),
-                    })?;
-                if let Some(cache) = &self.cache
-                    && let Err(error) = cache.put(&set.engine, hash, &component)
-                {
-                    tracing::warn!(name, %error, "could not write the compiled-code cache");
-                }
-                component
+        let on_demand = kind.on_demand();
+        let compiled = match lookup(on_demand).flatten() {
+            Some(pre) => pre,
+            None => {
+                let component = self.compile(name, hash, bytes, kind.metering)?;
+                let pre = self.link(name, on_demand, &component)?;
+                remember(on_demand, Some(pre.clone()));
+                pre
             }
         };
+        let pre = if Engine::same(&self.engines(kind).engine, &self.engines(on_demand).engine) {
+            Some(compiled)
+        } else {
+            let component = compiled.instance_pre().component();
+            let pooled = self.move_to_pool(name, kind, component)?;
+            remember(kind, pooled.clone());
+            pooled
+        };
+        tracing::info!(name, bytes = bytes.len(), ?kind, fits = pre.is_some(), elapsed = ?started.elapsed(), "loaded component");
+        Ok(pre)
+    }
+
+    /// The component compiled for the on-demand engine of `metering`: from
+    /// the on-disk cache, or compiled now (and cached).
+    fn compile(
+        &self,
+        name: &str,
+        hash: &blake3::Hash,
+        bytes: &[u8],
+        metering: Metering,
+    ) -> Result<Component, LoadError> {
+        let engine = &self
+            .engines(EngineKind {
+                metering,
+                allocation: Allocation::OnDemand,
+            })
+            .engine;
+        self.compilations
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        if let Some(Lookup::Hit(component)) = self.cache.as_ref().map(|c| c.get(engine, hash)) {
+            return Ok(component);
+        }
+        let component = Component::new(engine, bytes).map_err(|e| LoadError::Invalid {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        if let Some(cache) = &self.cache
+            && let Err(error) = cache.put(engine, hash, &component)
+        {
+            tracing::warn!(name, %error, "could not write the compiled-code cache");
+        }
+        Ok(component)
+    }
+
+    /// `component` (compiled for an on-demand engine) moved into the pooled
+    /// engine of `kind`, linked; `None` if it does not fit the pool.
+    fn move_to_pool(
+        &self,
+        name: &str,
+        kind: EngineKind,
+        component: &Component,
+    ) -> Result<Option<StepPre<StepState>>, LoadError> {
+        let code = component.serialize().map_err(|e| LoadError::Invalid {
+            name: name.to_owned(),
+            reason: format!("{e:#}"),
+        })?;
+        // SAFETY: `code` was serialized just now, in this process, by an
+        // engine with the same compilation settings (the engines differ only
+        // in how they allocate instances); wasmtime checks the settings again.
+        match unsafe { Component::deserialize(&self.engines(kind).engine, &code) } {
+            Ok(pooled) => self.link(name, kind, &pooled).map(Some),
+            Err(error) => {
+                tracing::info!(name, reason = %format!("{error:#}"), "component does not fit the instance pool; it is instantiated on demand");
+                Ok(None)
+            }
+        }
+    }
+
+    /// Links `component` for the engine of `kind`.
+    fn link(
+        &self,
+        name: &str,
+        kind: EngineKind,
+        component: &Component,
+    ) -> Result<StepPre<StepState>, LoadError> {
         let wrong_world = |e: wasmtime::Error| LoadError::WrongWorld {
             name: name.to_owned(),
             reason: format!("{e:#}"),
         };
-        let instance_pre = set
+        let instance_pre = self
+            .engines(kind)
             .linker
-            .instantiate_pre(&component)
+            .instantiate_pre(component)
             .map_err(wrong_world)?;
-        let pre = StepPre::new(instance_pre).map_err(wrong_world)?;
-        tracing::info!(name, bytes = bytes.len(), ?metering, elapsed = ?started.elapsed(), "loaded component");
-        let loaded = (Arc::<str>::from(name), pre);
-        self.compiled
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(key, loaded.clone());
-        Ok(loaded)
+        StepPre::new(instance_pre).map_err(wrong_world)
     }
 
     /// Runs one invocation of `component` against `store`, blocking the
@@ -353,9 +537,17 @@ impl Runtime {
         grant: &Grant,
         limits: &Limits,
     ) -> Result<StepOutcome, StepError> {
-        self.blocking
-            .handle()
-            .block_on(self.run_async(component, store, invocation, grant, limits))
+        // The caller's thread is given over to this invocation, so the
+        // guest's writes run on it directly instead of on a blocking pool
+        // thread (a hand-over that costs more than a small write).
+        self.blocking.handle().block_on(self.run_with(
+            component,
+            store,
+            invocation,
+            grant,
+            limits,
+            Writes::Inline,
+        ))
     }
 
     /// Runs one invocation of `component` against `store`.
@@ -379,13 +571,42 @@ impl Runtime {
         grant: &Grant,
         limits: &Limits,
     ) -> Result<StepOutcome, StepError> {
+        self.run_with(
+            component,
+            store,
+            invocation,
+            grant,
+            limits,
+            Writes::Blocking,
+        )
+        .await
+    }
+
+    async fn run_with(
+        &self,
+        component: &StepComponent,
+        store: &Arc<dyn ContextStore>,
+        invocation: &Invocation,
+        grant: &Grant,
+        limits: &Limits,
+        writes: Writes,
+    ) -> Result<StepOutcome, StepError> {
         let started = Instant::now();
         let deadline = started
             .checked_add(limits.timeout)
             .unwrap_or_else(far_future);
         let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
         let span = tracing::info_span!("step", component = %component.name, flow_run_id = %run_id, %node_id);
-        let invoke = self.invoke(component, store, invocation, grant, limits, deadline);
+        let call = Call {
+            component,
+            store,
+            invocation,
+            grant,
+            limits,
+            deadline,
+            writes,
+        };
+        let invoke = self.invoke(&call);
         match tokio::time::timeout_at(deadline.into(), invoke.instrument(span)).await {
             Ok(result) => result,
             Err(_elapsed) => {
@@ -395,15 +616,15 @@ impl Runtime {
         }
     }
 
-    async fn invoke(
-        &self,
-        component: &StepComponent,
-        store: &Arc<dyn ContextStore>,
-        invocation: &Invocation,
-        grant: &Grant,
-        limits: &Limits,
-        deadline: Instant,
-    ) -> Result<StepOutcome, StepError> {
+    async fn invoke(&self, call: &Call<'_>) -> Result<StepOutcome, StepError> {
+        let Call {
+            component,
+            store,
+            invocation,
+            limits,
+            deadline,
+            ..
+        } = *call;
         let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
@@ -416,51 +637,39 @@ impl Runtime {
                 status: StepStatus::AlreadyDone,
             });
         }
-        let (metering, pre) = match limits.fuel {
-            None => (Metering::Off, component.pre.clone()),
-            Some(_) => (
-                Metering::Fuel,
-                self.prepare(
-                    &component.name,
-                    &component.hash,
-                    &component.bytes,
-                    Metering::Fuel,
-                )
-                .map_err(|e| StepError::Instantiate(e.to_string()))?
-                .1,
-            ),
+        let metering = match limits.fuel {
+            None => Metering::Off,
+            Some(_) => Metering::Fuel,
         };
-
-        let stderr = StderrRing::new(STDERR_CAPTURE);
-        let state = StepState {
-            wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
-            table: ResourceTable::new(),
-            limiter: GuestLimiter::new(limits),
-            guest: Some(GuestStore::new(
-                store.clone(),
-                run_id,
-                node_id,
-                grant.clone(),
-                limits.clone(),
-            )),
-            stderr,
-            deadline,
+        // A memory slot cannot grow past its size: an invocation allowed
+        // more memory than the pool's slots has its instance made on demand.
+        let fits_slot = self
+            .pool
+            .as_ref()
+            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
+        let wanted = if fits_slot {
+            self.preferred(metering)
+        } else {
+            self.preferred(metering).on_demand()
         };
-        let mut wasm = Store::new(&self.engines(metering).engine, state);
-        wasm.limiter(|state| &mut state.limiter);
-        if let Some(fuel) = limits.fuel {
-            wasm.set_fuel(fuel)
-                .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
-        }
-        let left = deadline.saturating_duration_since(Instant::now());
-        wasm.set_epoch_deadline(EpochTicker::ticks_for(left));
-        wasm.epoch_deadline_trap();
-
-        let instance = pre.instantiate_async(&mut wasm).await.map_err(|e| {
-            match classify(e, &wasm, limits) {
-                StepError::Trap { message, .. } => StepError::Instantiate(message),
-                other => other,
+        let (mut kind, pre) = self.pre_for(component, wanted)?;
+        let mut wasm = self.new_store(kind, call)?;
+        let instance = match pre.instantiate_async(&mut wasm).await {
+            Err(error)
+                if kind.allocation == Allocation::Pool && pool::is_pool_exhausted(&error) =>
+            {
+                // Every slot is taken: this invocation gets its own allocation.
+                tracing::debug!(%error, "instance pool exhausted; instantiating on demand");
+                let (on_demand, pre) = self.pre_for(component, kind.on_demand())?;
+                kind = on_demand;
+                wasm = self.new_store(kind, call)?;
+                pre.instantiate_async(&mut wasm).await
             }
+            other => other,
+        }
+        .map_err(|e| match classify(e, &wasm, limits) {
+            StepError::Trap { message, .. } => StepError::Instantiate(message),
+            other => other,
         })?;
         let wit_invocation = to_wit(invocation);
         let result = instance.call_run(&mut wasm, &wit_invocation).await;
@@ -499,6 +708,74 @@ impl Runtime {
             },
         }
     }
+
+    /// The instance-pre of `component` for the engine of `kind`, or for the
+    /// on-demand engine if the component does not fit the pool; with the
+    /// kind it is for.
+    fn pre_for(
+        &self,
+        component: &StepComponent,
+        kind: EngineKind,
+    ) -> Result<(EngineKind, StepPre<StepState>), StepError> {
+        if kind == component.kind {
+            return Ok((kind, component.pre.clone()));
+        }
+        self.prepare_fitting(&component.name, &component.hash, &component.bytes, kind)
+            .map_err(|e| StepError::Instantiate(e.to_string()))
+    }
+
+    /// A fresh wasmtime store for one invocation, on the engine of `kind`:
+    /// a WASI context with nothing opened and stderr kept in a ring, the
+    /// guest's view of `store`, the limiter, fuel and the epoch deadline.
+    fn new_store(&self, kind: EngineKind, call: &Call<'_>) -> Result<Store<StepState>, StepError> {
+        let Call {
+            store,
+            invocation,
+            grant,
+            limits,
+            deadline,
+            writes,
+            ..
+        } = *call;
+        let stderr = StderrRing::new(STDERR_CAPTURE);
+        let state = StepState {
+            wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
+            table: ResourceTable::new(),
+            limiter: GuestLimiter::new(limits),
+            guest: Some(GuestStore::new(
+                store.clone(),
+                invocation.flow_run_id,
+                invocation.node_id,
+                grant.clone(),
+                limits.clone(),
+            )),
+            stderr,
+            deadline,
+            writes,
+        };
+        let mut wasm = Store::new(&self.engines(kind).engine, state);
+        wasm.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = limits.fuel {
+            wasm.set_fuel(fuel)
+                .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        wasm.set_epoch_deadline(EpochTicker::ticks_for(left));
+        wasm.epoch_deadline_trap();
+        Ok(wasm)
+    }
+}
+
+/// One invocation's arguments, as [`Runtime::run_with`] received them.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    component: &'a StepComponent,
+    store: &'a Arc<dyn ContextStore>,
+    invocation: &'a Invocation,
+    grant: &'a Grant,
+    limits: &'a Limits,
+    deadline: Instant,
+    writes: Writes,
 }
 
 /// A deadline for a timeout too long to add to now: practically never.

@@ -18,6 +18,17 @@ use crate::store::deadline;
 /// Bytes of guest stderr kept (the last ones) for error reports.
 pub const STDERR_CAPTURE: usize = 16 * 1024;
 
+/// Where a guest's writes run.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writes {
+    /// On the invocation's own thread: for the blocking entry point, whose
+    /// caller's thread waits for the invocation anyway.
+    Inline,
+    /// On a blocking pool thread, so that an async executor is never held
+    /// up by a commit waiting for the disk.
+    Blocking,
+}
+
 /// The per-invocation host state.
 pub struct StepState {
     pub(crate) wasi: WasiCtx,
@@ -28,6 +39,8 @@ pub struct StepState {
     pub(crate) stderr: StderrRing,
     /// When the invocation's time is up: no store call waits past it.
     pub(crate) deadline: Instant,
+    /// Where the guest's writes run.
+    pub(crate) writes: Writes,
 }
 
 impl WasiView for StepState {
@@ -50,15 +63,20 @@ impl StepState {
         deadline::with_deadline(deadline, || f(guest))
     }
 
-    /// Runs a write on a blocking thread (a durable commit waits for the
-    /// disk), under the invocation's deadline, without holding up the
-    /// async executor. If the invocation is cancelled (its time is up), the
-    /// write still finishes or fails whole on its thread, by the deadline.
+    /// Runs a write under the invocation's deadline: inline, or on a
+    /// blocking thread (a durable commit waits for the disk) without
+    /// holding up the async executor. If the invocation is cancelled (its
+    /// time is up), the write still finishes or fails whole on its thread,
+    /// by the deadline.
     async fn write(
         &mut self,
         f: impl FnOnce(&mut GuestStore) -> GuestResult<()> + Send + 'static,
     ) -> GuestResult<()> {
         let deadline = self.deadline;
+        if self.writes == Writes::Inline {
+            let guest = self.guest.as_mut().ok_or_else(busy)?;
+            return deadline::with_deadline(deadline, || f(guest));
+        }
         let mut guest = self.guest.take().ok_or_else(busy)?;
         let joined = tokio::task::spawn_blocking(move || {
             let result = deadline::with_deadline(deadline, || f(&mut guest));

@@ -1,12 +1,14 @@
 //! Group commit: concurrent writers share one transaction and one sync.
 //!
-//! A writer queues its write, then takes the writer connection. Whoever
-//! holds the connection (the leader) runs every queued write, its own and
-//! those of the threads waiting behind it, in one `BEGIN IMMEDIATE …
-//! COMMIT`, and hands each its own result. A thread that gets the
-//! connection and finds its write already done returns at once. So a lone
-//! writer commits alone with no added wait, and writers that arrive while a
-//! commit waits for the disk go together in the next one.
+//! A writer queues its write. If no commit is in progress it becomes the
+//! leader: it takes the queued writes, its own and those of the threads
+//! waiting behind it, runs them in one `BEGIN IMMEDIATE … COMMIT`, and
+//! hands each its own result. Otherwise it waits until a leader answers
+//! it, or until the commit in progress is over and it may lead the next
+//! one. Waiting writers are woken as soon as their answer is there (they
+//! never queue for the connection just to learn it). So a lone writer
+//! commits alone with no added wait, and writers that arrive while a commit
+//! waits for the disk go together in the next one.
 //!
 //! Each write keeps its own result: a write-once conflict fails that write
 //! only (SQLite rolls back the statement, not the transaction). A write is
@@ -15,7 +17,8 @@
 //! error, a full disk), its writes are run again one transaction each, so
 //! that each caller gets the answer its own write deserves.
 
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Instant;
 
 use rusqlite::{Connection, params};
@@ -98,14 +101,37 @@ struct Request {
     /// The latest moment the caller waits for (its call deadline, or the
     /// store's busy deadline).
     give_up: Instant,
+    /// Set when a leader took the request from the queue.
+    taken: AtomicBool,
     result: Mutex<Option<Result<(), ContextStoreError>>>,
+}
+
+/// The writes waiting for a commit, and whether a leader is committing.
+#[derive(Default)]
+struct Queue {
+    pending: Vec<Arc<Request>>,
+    leading: bool,
 }
 
 /// The writer connection and the queue of writes waiting for it.
 pub(crate) struct GroupCommit {
     conn: Mutex<Connection>,
-    queue: Mutex<Vec<Arc<Request>>>,
+    queue: Mutex<Queue>,
+    /// Notified when a leader is done: its writes are answered, and the
+    /// next leader may start.
+    turn: Condvar,
     max_batch: usize,
+}
+
+/// Ends a leader's turn, also if the batch panicked: the next writer may
+/// lead, and every waiting writer looks at its answer.
+struct Turn<'a>(&'a GroupCommit);
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        lock(&self.0.queue).leading = false;
+        self.0.turn.notify_all();
+    }
 }
 
 impl GroupCommit {
@@ -114,7 +140,8 @@ impl GroupCommit {
     pub(crate) fn new(conn: Connection, max_batch: usize) -> Self {
         Self {
             conn: Mutex::new(conn),
-            queue: Mutex::new(Vec::new()),
+            queue: Mutex::new(Queue::default()),
+            turn: Condvar::new(),
             max_batch: max_batch.max(1),
         }
     }
@@ -131,31 +158,43 @@ impl GroupCommit {
         let request = Arc::new(Request {
             op,
             give_up,
+            taken: AtomicBool::new(false),
             result: Mutex::new(None),
         });
-        lock(&self.queue).push(request.clone());
+        let mut queue = lock(&self.queue);
+        queue.pending.push(request.clone());
         loop {
-            let conn = lock(&self.conn);
             if let Some(result) = lock(&request.result).take() {
                 return result;
             }
-            let batch: Vec<Arc<Request>> = {
-                let mut queue = lock(&self.queue);
-                let n = queue.len().min(self.max_batch);
-                queue.drain(..n).collect()
-            };
-            if batch.is_empty() {
+            if queue.leading {
+                queue = self
+                    .turn
+                    .wait(queue)
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                continue;
+            }
+            if request.taken.load(Ordering::Acquire) {
                 // Our request left the queue but was never answered: the
                 // thread that took it failed before it could answer.
                 return Err(ContextStoreError::StorageError(
                     "the write was lost by a failed writer; it may or may not be stored".into(),
                 ));
             }
-            run_batch(&conn, &batch);
-            drop(conn);
-            if let Some(result) = lock(&request.result).take() {
-                return result;
+            // Lead this commit.
+            queue.leading = true;
+            let n = queue.pending.len().min(self.max_batch);
+            let batch: Vec<Arc<Request>> = queue.pending.drain(..n).collect();
+            drop(queue);
+            for taken in &batch {
+                taken.taken.store(true, Ordering::Release);
             }
+            {
+                let _turn = Turn(self);
+                let conn = lock(&self.conn);
+                run_batch(&conn, &batch);
+            }
+            queue = lock(&self.queue);
         }
     }
 }
