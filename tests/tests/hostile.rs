@@ -41,6 +41,7 @@ const TESTED_MODES: &[&str] = &[
     "journal-write",
     "deep-json",
     "round-trip",
+    "count",
 ];
 
 struct Case {
@@ -383,9 +384,18 @@ fn assert_wait_times_out(mode: &str) {
         timeout: Duration::from_secs(1),
         ..Limits::default()
     };
+    // Compiled before the clock starts: the deadline is the invocation's.
+    let component = load(components::HOSTILE);
     let started = Instant::now();
-    let err = case.run(&Grant::default(), &limits).unwrap_err();
+    let result = runtime().run(
+        &component,
+        &case.store,
+        &case.invocation,
+        &Grant::default(),
+        &limits,
+    );
     let elapsed = started.elapsed();
+    let err = result.unwrap_err();
     assert!(
         matches!(err, StepError::Timeout(t) if t == Duration::from_secs(1)),
         "{mode}: {err:?}"
@@ -755,4 +765,23 @@ fn many_memories_are_refused_at_instantiation() {
     assert!(refused_at_instantiation(&over), "{over:?}");
     let defaults = run_extra(memories(100), &Limits::default());
     assert!(refused_at_instantiation(&defaults), "{defaults:?}");
+}
+
+#[test]
+fn count_counts_to_n() {
+    let case = case(json!({"mode": "count", "n": 12345}));
+    assert_eq!(
+        case.run_default().unwrap().value().unwrap(),
+        json!({"count": 12345})
+    );
+    // Metered, the same work costs fuel: a small budget runs out.
+    let case = self::case(json!({"mode": "count", "n": 10_000_000}));
+    let limits = Limits {
+        fuel: Some(100_000),
+        ..Limits::default()
+    };
+    assert!(matches!(
+        case.run(&Grant::default(), &limits),
+        Err(StepError::OutOfFuel(100_000))
+    ));
 }

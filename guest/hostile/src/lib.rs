@@ -52,6 +52,8 @@ use serde_json::{Map, Value, json};
 /// - `round-trip`: writes params field `text` (a string) as its output's
 ///   raw JSON text, and as the global `hostile/round-trip`, reads both back
 ///   as text and fails unless they are byte for byte what it wrote.
+/// - `count`: counts to `n` (default 1,000) in a CPU-bound loop, then writes
+///   `{"count": n}` (a fixed amount of guest work, for the fuel benchmark).
 pub const MODES: &[&str] = &[
     "loop",
     "memory-hog",
@@ -79,6 +81,7 @@ pub const MODES: &[&str] = &[
     "journal-write",
     "deep-json",
     "round-trip",
+    "count",
 ];
 
 /// The step's params: `mode` plus the optional fields some modes use.
@@ -93,6 +96,8 @@ struct Params {
     depth: Option<usize>,
     /// The raw JSON text for `round-trip`.
     text: Option<String>,
+    /// How far `count` counts.
+    n: Option<u64>,
     /// The value for `echo`.
     #[serde(default)]
     value: Value,
@@ -142,6 +147,7 @@ fn mode(name: &str) -> Option<Mode> {
         "journal-write" => |_, p| refused(&p.mode, store::upsert_global(p.target()?, &"forged")),
         "deep-json" => deep_json,
         "round-trip" => round_trip,
+        "count" => count,
         _ => return None,
     })
 }
@@ -319,6 +325,15 @@ fn round_trip(ctx: &Context, p: &Params) -> Result<(), StepError> {
         }
     }
     Ok(())
+}
+
+fn count(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let n = p.n.unwrap_or(1_000);
+    let mut i: u64 = 0;
+    while std::hint::black_box(i) < n {
+        i += 1;
+    }
+    Ok(ctx.output(&json!({ "count": i }))?)
 }
 
 /// The `hostile` step: runs the mode its params ask for.
