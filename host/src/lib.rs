@@ -47,6 +47,7 @@ pub mod limits;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 pub mod store;
+pub mod text;
 
 pub use error::ContextStoreError;
 pub use grant::Grant;

@@ -1,9 +1,10 @@
 //! `contextstore run` as a process, with real components: the tiny flow,
 //! made-up run ids, and one-line errors for hostile steps and bad input.
 
-use std::process::Output;
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
 
-use contextstore_tests::{cli, components};
+use contextstore_tests::{cli, cli_binary, components};
 
 /// `contextstore run COMPONENT --db DB --node NODE --flow-run RUN EXTRA…`.
 fn run_step(component: &str, db: &str, node: &str, extra: &[&str]) -> Output {
@@ -108,6 +109,18 @@ fn hostile_steps_are_one_error_line_each() {
     assert!(
         hostile_error(r#"{"mode":"trap-after-put"}"#, &[])
             .contains("trapping after a successful put")
+    );
+    let huge = hostile_error(r#"{"mode":"huge-failure"}"#, &[]);
+    assert!(huge.len() < 5 * 1024, "{} bytes", huge.len());
+    assert!(huge.contains(r"\u{1b}[2J"), "{huge:.200}");
+    assert!(
+        !huge.trim_end().chars().any(char::is_control),
+        "{huge:.200}"
+    );
+    let chatty = hostile_error(r#"{"mode":"chatty-stderr"}"#, &[]);
+    assert!(
+        chatty.contains("chatty-stderr: the panic after the chatter"),
+        "{chatty}"
     );
 }
 
@@ -329,4 +342,110 @@ fn flow_status_reads_a_database_that_cannot_be_written() {
         text(&missing.stderr)
     );
     assert!(!dir.path().join("typo.db").exists());
+}
+
+/// Arrays nested `depth` deep around `1`.
+fn nested(depth: usize) -> String {
+    format!("{}1{}", "[".repeat(depth), "]".repeat(depth))
+}
+
+/// Deep enough to overflow any stack if it were parsed recursively, and
+/// short enough for one command-line argument (Linux caps one at 128 KiB).
+const DEEP_ARGUMENT: usize = 60_000;
+
+/// Runs the CLI with `stdin` as its standard input.
+fn cli_with_stdin(args: &[&str], stdin: &[u8]) -> Output {
+    let mut child = Command::new(cli_binary())
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("contextstore runs");
+    child
+        .stdin
+        .take()
+        .expect("piped")
+        .write_all(stdin)
+        .expect("stdin written");
+    child.wait_with_output().expect("contextstore ends")
+}
+
+/// Exit 2 with one `error:` line that contains `expected`.
+fn assert_one_error_line(out: &Output, expected: &str) {
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert_eq!(stderr.lines().count(), 1, "{stderr:.300}");
+    assert!(stderr.starts_with("error: "), "{stderr:.300}");
+    assert!(stderr.contains(expected), "{stderr:.300}");
+}
+
+#[test]
+fn deep_json_is_a_clear_error_at_every_entry_point() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("deep.db");
+    let db = db.to_str().unwrap();
+    let deep = nested(DEEP_ARGUMENT);
+    let put = cli(&["global", "put", "--db", db, "k", &deep]);
+    assert_one_error_line(&put, "nesting depth");
+    let upsert = cli(&["global", "upsert", "--db", db, "k", &deep]);
+    assert_one_error_line(&upsert, "nesting depth");
+    let from_stdin = cli_with_stdin(
+        &["global", "put", "--db", db, "k"],
+        nested(200_000).as_bytes(),
+    );
+    assert_one_error_line(&from_stdin, "nesting depth");
+    assert_eq!(
+        cli(&["global", "get", "--db", db, "k"]).status.code(),
+        Some(1)
+    );
+
+    let params = run_step(components::GREET, db, GREET, &["--params", &deep]);
+    assert_one_error_line(&params, "invalid JSON in --params");
+    assert!(params.stdout.is_empty());
+}
+
+/// Writes a flow file of the greet step with `extra` TOML appended to its
+/// node, and runs it.
+fn run_flow(dir: &std::path::Path, node_extra: &str) -> (Output, String) {
+    let flow = dir.join("deep.toml");
+    let text = format!(
+        "name = \"deep\"\n\n[nodes.greet]\ncomponent = {:?}\n{node_extra}\n",
+        components::GREET
+    );
+    std::fs::write(&flow, text).unwrap();
+    let db = dir.join("flow.db");
+    let out = cli(&[
+        "flow",
+        "run",
+        flow.to_str().unwrap(),
+        "--db",
+        db.to_str().unwrap(),
+    ]);
+    (out, flow.display().to_string())
+}
+
+#[test]
+fn deep_flow_file_params_are_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    for depth in [2_000, 200_000] {
+        let (out, flow) = run_flow(dir.path(), &format!("params = {{ a = {} }}", nested(depth)));
+        assert_one_error_line(&out, &flow);
+    }
+    // Nesting the parser accepts still runs.
+    let (ok, _) = run_flow(
+        dir.path(),
+        &format!("params = {{ name = \"Ada\", a = {} }}", nested(20)),
+    );
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
+}
+
+#[test]
+fn a_max_json_depth_above_the_ceiling_is_refused_with_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let (out, flow) = run_flow(dir.path(), "[nodes.greet.limits]\nmax_json_depth = 5000");
+    assert_one_error_line(&out, &format!("{flow}:6"));
+    assert!(text(&out.stderr).contains("max_json_depth 5000 is above the ceiling of 1024"));
+    let (ok, _) = run_flow(dir.path(), "[nodes.greet.limits]\nmax_json_depth = 1024");
+    assert!(ok.status.success(), "{}", text(&ok.stderr));
 }

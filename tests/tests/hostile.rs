@@ -2,8 +2,9 @@
 //! and the store stay usable and consistent afterwards.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use contextstore::flow::journal;
 use contextstore::guest_store::GuestStoreError;
 use contextstore::runtime::{GuestFailure, LoadError};
 use contextstore::{
@@ -30,6 +31,17 @@ const TESTED_MODES: &[&str] = &[
     "sandbox",
     "echo",
     "read-upstream",
+    "upstream-bytes",
+    "sleep",
+    "block-forever",
+    "huge-key",
+    "huge-failure",
+    "chatty-stderr",
+    "journal-read",
+    "journal-write",
+    "deep-json",
+    "round-trip",
+    "count",
 ];
 
 struct Case {
@@ -350,4 +362,426 @@ fn broken_components_are_load_errors() {
     );
     let missing = rt.load_file("/no/such/component.wasm").unwrap_err();
     assert!(matches!(missing, LoadError::Read { .. }), "{missing:?}");
+}
+
+#[test]
+fn upstream_bytes_reads_upstream_text() {
+    let case = case(json!({"mode": "upstream-bytes"}));
+    let up = NodeId::new();
+    let run = case.invocation.flow_run_id;
+    case.store.put(run, up, &json!("four")).unwrap();
+    let mut invocation = case.invocation.clone();
+    invocation.upstream = vec![("up".into(), up)];
+    let out = run_default(&load(components::HOSTILE), &case.store, &invocation).unwrap();
+    assert_eq!(out.value().unwrap(), json!({"up": 6}));
+}
+
+/// Runs a step that waits in WASI under a 1 s timeout: it is a `Timeout`
+/// well within 2 s, and the same runtime and store run the next step.
+fn assert_wait_times_out(mode: &str) {
+    let case = case(json!({"mode": mode}));
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    // Compiled before the clock starts: the deadline is the invocation's.
+    let component = load(components::HOSTILE);
+    let started = Instant::now();
+    let result = runtime().run(
+        &component,
+        &case.store,
+        &case.invocation,
+        &Grant::default(),
+        &limits,
+    );
+    let elapsed = started.elapsed();
+    let err = result.unwrap_err();
+    assert!(
+        matches!(err, StepError::Timeout(t) if t == Duration::from_secs(1)),
+        "{mode}: {err:?}"
+    );
+    assert!(elapsed < Duration::from_secs(2), "{mode}: took {elapsed:?}");
+    assert_eq!(case.own_output(), None);
+    let started = Instant::now();
+    case.assert_still_usable();
+    assert!(started.elapsed() < Duration::from_secs(2));
+}
+
+#[test]
+fn sleep_an_hour_times_out() {
+    assert_wait_times_out("sleep");
+}
+
+#[test]
+fn block_forever_times_out() {
+    assert_wait_times_out("block-forever");
+}
+
+#[test]
+fn huge_key_is_refused_and_not_stored() {
+    let bytes = 50 << 20;
+    let case = case(json!({"mode": "huge-key", "bytes": bytes}));
+    let grant = Grant::default().write_globals("hostile/");
+    let err = store_error(case.run(&grant, &Limits::default()));
+    assert_eq!(err.kind(), "quota-exceeded", "{err}");
+    assert!(err.to_string().len() < 200, "the key is not echoed: {err}");
+    let key = format!("hostile/{}", "k".repeat(bytes - "hostile/".len()));
+    assert_eq!(case.store.get_global_text(&key).unwrap(), None);
+    case.assert_still_usable();
+}
+
+#[test]
+fn huge_key_limit_is_configurable() {
+    let case = case(json!({"mode": "huge-key", "bytes": 100}));
+    let grant = Grant::default().write_globals("hostile/");
+    let at_limit = Limits {
+        max_key_bytes: 100,
+        ..Limits::default()
+    };
+    // A key of exactly the limit is written: the guest reports it allowed.
+    let err = case.run(&grant, &at_limit).unwrap_err();
+    assert!(err.to_string().contains("bad call was allowed"), "{err}");
+    let below = Limits {
+        max_key_bytes: 99,
+        ..Limits::default()
+    };
+    let case = self::case(json!({"mode": "huge-key", "bytes": 100}));
+    assert_eq!(
+        store_error(case.run(&grant, &below)).kind(),
+        "quota-exceeded"
+    );
+}
+
+#[test]
+fn huge_failure_text_is_capped_and_neutralised() {
+    let case = case(json!({"mode": "huge-failure"}));
+    let err = case.run_default().unwrap_err();
+    let StepError::Failed(GuestFailure::Failed(message)) = &err else {
+        panic!("expected the step's own failure, got {err:?}")
+    };
+    assert!(
+        message.len() <= 4 * 1024 + 3,
+        "{} bytes kept",
+        message.len()
+    );
+    assert!(message.ends_with('…'));
+    assert!(
+        message.starts_with(r"\u{1b}[2J\u{1b}]0;pwned\u{7}\u{d}\u{a}error: forged line\u{9b}31m"),
+        "{message:.100}"
+    );
+    let shown = err.to_string();
+    assert!(!shown.chars().any(char::is_control), "{shown:.100}");
+    case.assert_still_usable();
+}
+
+#[test]
+fn chatty_stderr_keeps_the_panic_message() {
+    let case = case(json!({"mode": "chatty-stderr"}));
+    let err = case.run_default().unwrap_err();
+    let StepError::Trap { stderr, .. } = &err else {
+        panic!("expected a trap, got {err:?}")
+    };
+    let panic = "chatty-stderr: the panic after the chatter";
+    assert!(stderr.contains(panic), "stderr ends: {}", tail(stderr));
+    assert!(stderr.len() <= 16 * 1024, "{} bytes kept", stderr.len());
+    assert!(
+        stderr.contains("chatter chatter"),
+        "the chatter is kept too"
+    );
+    assert!(
+        !stderr.contains("failed printing to stderr"),
+        "eprintln! failed: {}",
+        tail(stderr)
+    );
+    assert!(err.to_string().contains(panic), "{err}");
+    case.assert_still_usable();
+}
+
+fn tail(text: &str) -> &str {
+    let mut start = text.len().saturating_sub(300);
+    while !text.is_char_boundary(start) {
+        start += 1;
+    }
+    &text[start..]
+}
+
+/// A journal entry for another node of the case's run, and its key.
+fn journal_entry(case: &Case) -> (NodeId, String) {
+    let other = NodeId::new();
+    let run = case.invocation.flow_run_id;
+    journal::record_failure(&*case.store, run, other, "the real failure").unwrap();
+    (other, format!("{}{run}/{other}", journal::JOURNAL_PREFIX))
+}
+
+/// A grant that names every global key.
+fn grant_everything() -> Grant {
+    Grant::default().read_globals("").write_globals("")
+}
+
+#[test]
+fn journal_read_is_denied_whatever_the_grant() {
+    let case = case(json!({"mode": "journal-read"}));
+    let (_, key) = journal_entry(&case);
+    let invocation = Invocation::new(case.invocation.flow_run_id, NodeId::new())
+        .with_params(json!({"mode": "journal-read", "target": key}));
+    let result = runtime().run(
+        &load(components::HOSTILE),
+        &case.store,
+        &invocation,
+        &grant_everything(),
+        &Limits::default(),
+    );
+    let err = store_error(result);
+    assert_eq!(err.kind(), "access-denied", "{err}");
+    assert!(!err.to_string().contains("the real failure"), "{err}");
+}
+
+#[test]
+fn journal_write_is_denied_whatever_the_grant() {
+    let case = case(json!({"mode": "journal-write"}));
+    let (other, key) = journal_entry(&case);
+    let run = case.invocation.flow_run_id;
+    let before = case.store.get_global_text(&key).unwrap();
+    // Forging an existing entry, and planting a new one.
+    let fresh = format!("{}{run}/{}", journal::JOURNAL_PREFIX, NodeId::new());
+    for target in [&key, &fresh] {
+        let invocation = Invocation::new(run, NodeId::new())
+            .with_params(json!({"mode": "journal-write", "target": target}));
+        let result = runtime().run(
+            &load(components::HOSTILE),
+            &case.store,
+            &invocation,
+            &grant_everything(),
+            &Limits::default(),
+        );
+        let err = store_error(result);
+        assert_eq!(err.kind(), "access-denied", "{err}");
+    }
+    assert_eq!(case.store.get_global_text(&key).unwrap(), before);
+    assert_eq!(
+        journal::failure(&*case.store, run, other)
+            .unwrap()
+            .as_deref(),
+        Some("the real failure")
+    );
+    assert_eq!(case.store.get_global_text(&fresh).unwrap(), None);
+}
+
+#[test]
+fn deep_json_is_refused() {
+    let case = case(json!({"mode": "deep-json"}));
+    let err = store_error(case.run_default());
+    assert_eq!(err.kind(), "invalid-json", "{err}");
+    assert!(err.to_string().contains("depth"), "{err}");
+    assert_eq!(case.own_output(), None);
+    case.assert_still_usable();
+}
+
+#[test]
+fn values_round_trip_byte_for_byte() {
+    let grant = Grant::default()
+        .read_globals("hostile/")
+        .write_globals("hostile/");
+    for text in [
+        "123456789012345678901234567890",
+        "18446744073709551616",
+        "-0",
+        r#"{"a":1,"a":2}"#,
+        r#""\u00e9\ud83d\ude00""#,
+        r#" [ 1.50 , 1E400, {"b" : null} ] "#,
+    ] {
+        let case = case(json!({"mode": "round-trip", "text": text}));
+        let out = case
+            .run(&grant, &Limits::default())
+            .unwrap_or_else(|e| panic!("{text}: {e}"));
+        assert_eq!(out.output.as_str(), text);
+        let run = case.invocation.flow_run_id;
+        let stored = case
+            .store
+            .get_text(run, case.invocation.node_id)
+            .unwrap()
+            .unwrap();
+        assert_eq!(stored.as_str().as_bytes(), text.as_bytes());
+        let global = case
+            .store
+            .get_global_text("hostile/round-trip")
+            .unwrap()
+            .unwrap();
+        assert_eq!(global.as_str().as_bytes(), text.as_bytes());
+    }
+}
+
+/// What the hand-written component of [`component`] holds besides its
+/// main module: `copies` instances of a module with `tables` tables of
+/// `elements` elements each and `memories` empty memories.
+#[derive(Clone, Copy)]
+struct Extra {
+    copies: usize,
+    tables: usize,
+    elements: u64,
+    memories: usize,
+}
+
+impl Extra {
+    fn tables(copies: usize, tables: usize, elements: u64) -> Self {
+        Self {
+            copies,
+            tables,
+            elements,
+            memories: 0,
+        }
+    }
+}
+
+/// A component of the `step` world, written by hand: its `run` returns `ok`
+/// without writing anything, and it instantiates `extra` besides.
+/// (One core module may define at most 100 tables, so many tables take
+/// many instances.)
+fn component(extra: Extra) -> Vec<u8> {
+    let Extra {
+        copies,
+        tables,
+        elements,
+        memories,
+    } = extra;
+    let defs =
+        format!("(table {elements} funcref)").repeat(tables) + &"(memory 0)".repeat(memories);
+    let instances = "(core instance (instantiate $extra))\n".repeat(copies);
+    let text = format!(
+        r#"(component
+  (core module $extra {defs})
+  {instances}
+  (core module $m
+    (memory (export "memory") 1)
+    (func (export "realloc") (param i32 i32 i32 i32) (result i32) (i32.const 1024))
+    ;; The result area at address 0 holds zeros: `ok`.
+    (func (export "run") (param i32 i32 i32 i32 i32 i32 i32 i32) (result i32) (i32.const 0)))
+  (core instance $i (instantiate $m))
+  (type $upstream' (record (field "name" string) (field "node-id" string)))
+  (export $upstream "upstream" (type $upstream'))
+  (type $invocation' (record (field "flow-run-id" string) (field "node-id" string)
+    (field "params" string) (field "upstream" (list $upstream))))
+  (export $invocation "invocation" (type $invocation'))
+  (type $error' (variant (case "already-exists") (case "global-already-exists")
+    (case "invalid-id" string) (case "invalid-json" string) (case "access-denied" string)
+    (case "quota-exceeded" string) (case "storage" string)))
+  (export $error "error" (type $error'))
+  (type $step-error' (variant (case "invalid-params" string) (case "store" $error)
+    (case "failed" string)))
+  (export $step-error "step-error" (type $step-error'))
+  (func $run (param "invocation" $invocation) (result (result (error $step-error)))
+    (canon lift (core func $i "run") (memory (core memory $i "memory"))
+      (realloc (core func $i "realloc"))))
+  (export "run" (func $run)))"#
+    );
+    wat::parse_str(text).expect("the test component is valid WAT")
+}
+
+/// Runs the hand-written component with `extra` under `limits`.
+fn run_extra(extra: Extra, limits: &Limits) -> Result<StepOutcome, StepError> {
+    let component = runtime()
+        .load_bytes("hand-written", &component(extra))
+        .expect("the component fits the step world");
+    let (_dir, store) = temp_store();
+    let invocation = Invocation::new(FlowRunId::new(), NodeId::new());
+    runtime().run(&component, &store, &invocation, &Grant::default(), limits)
+}
+
+/// Whether the invocation got as far as running: the component writes no
+/// output, so a run that was not refused ends in `NoOutput`.
+fn ran(result: &Result<StepOutcome, StepError>) -> bool {
+    matches!(result, Err(StepError::NoOutput))
+}
+
+fn refused_at_instantiation(result: &Result<StepOutcome, StepError>) -> bool {
+    matches!(result, Err(StepError::Instantiate(_)))
+}
+
+#[test]
+fn many_tables_are_refused_at_instantiation() {
+    let defaults = Limits::default();
+    // The same component with few tables runs: the refusal is the limit's.
+    let few = run_extra(Extra::tables(1, 2, 10), &defaults);
+    assert!(ran(&few), "{few:?}");
+    // 10,000 tables (wasmtime's own default cap) in 100 instances.
+    let many = run_extra(Extra::tables(100, 100, 0), &defaults);
+    assert!(refused_at_instantiation(&many), "{many:?}");
+    // Exactly at the limit is fine; one more is not.
+    let limits = Limits {
+        max_tables: 20,
+        ..Limits::default()
+    };
+    let at_limit = run_extra(Extra::tables(2, 10, 0), &limits);
+    assert!(ran(&at_limit), "{at_limit:?}");
+    let over = run_extra(Extra::tables(3, 7, 0), &limits);
+    assert!(refused_at_instantiation(&over), "{over:?}");
+}
+
+#[test]
+fn table_elements_are_capped_in_all_tables_together() {
+    let limits = Limits {
+        max_table_elements: 1_000,
+        ..Limits::default()
+    };
+    // 10 tables of 100 elements fit; 10 of 101 do not, though each table
+    // alone would.
+    let fits = run_extra(Extra::tables(1, 10, 100), &limits);
+    assert!(ran(&fits), "{fits:?}");
+    let over = run_extra(Extra::tables(1, 10, 101), &limits);
+    assert!(refused_at_instantiation(&over), "{over:?}");
+    // The default cap refuses one table of 2,000,000 elements.
+    let huge = run_extra(Extra::tables(1, 1, 2_000_000), &Limits::default());
+    assert!(refused_at_instantiation(&huge), "{huge:?}");
+}
+
+#[test]
+fn many_instances_are_refused_at_instantiation() {
+    let limits = Limits {
+        max_instances: 10,
+        ..Limits::default()
+    };
+    let few = run_extra(Extra::tables(5, 0, 0), &limits);
+    assert!(ran(&few), "{few:?}");
+    let many = run_extra(Extra::tables(10, 0, 0), &limits);
+    assert!(refused_at_instantiation(&many), "{many:?}");
+    let defaults = run_extra(Extra::tables(500, 0, 0), &Limits::default());
+    assert!(refused_at_instantiation(&defaults), "{defaults:?}");
+}
+
+#[test]
+fn many_memories_are_refused_at_instantiation() {
+    let memories = |copies| Extra {
+        memories: 1,
+        ..Extra::tables(copies, 0, 0)
+    };
+    let limits = Limits {
+        max_memories: 10,
+        ..Limits::default()
+    };
+    // The main module has one memory of its own.
+    let fits = run_extra(memories(9), &limits);
+    assert!(ran(&fits), "{fits:?}");
+    let over = run_extra(memories(10), &limits);
+    assert!(refused_at_instantiation(&over), "{over:?}");
+    let defaults = run_extra(memories(100), &Limits::default());
+    assert!(refused_at_instantiation(&defaults), "{defaults:?}");
+}
+
+#[test]
+fn count_counts_to_n() {
+    let case = case(json!({"mode": "count", "n": 12345}));
+    assert_eq!(
+        case.run_default().unwrap().value().unwrap(),
+        json!({"count": 12345})
+    );
+    // Metered, the same work costs fuel: a small budget runs out.
+    let case = self::case(json!({"mode": "count", "n": 10_000_000}));
+    let limits = Limits {
+        fuel: Some(100_000),
+        ..Limits::default()
+    };
+    assert!(matches!(
+        case.run(&Grant::default(), &limits),
+        Err(StepError::OutOfFuel(100_000))
+    ));
 }

@@ -1,7 +1,7 @@
 //! Steps in Python, JavaScript and C beside Rust: a flow across languages,
 //! and the same typed errors from every language for the same bad calls.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use contextstore::guest_store::GuestStoreError;
 use contextstore::runtime::GuestFailure;
@@ -75,9 +75,23 @@ fn run_hostile(
     std::sync::Arc<dyn contextstore::ContextStore>,
     tempfile::TempDir,
 ) {
+    run_hostile_granted(path, params, &Grant::default(), limits)
+}
+
+fn run_hostile_granted(
+    path: &str,
+    params: serde_json::Value,
+    grant: &Grant,
+    limits: &Limits,
+) -> (
+    Result<contextstore::StepOutcome, StepError>,
+    Invocation,
+    std::sync::Arc<dyn contextstore::ContextStore>,
+    tempfile::TempDir,
+) {
     let (dir, store) = temp_store();
     let invocation = Invocation::new(FlowRunId::new(), NodeId::new()).with_params(params);
-    let result = runtime().run(&load(path), &store, &invocation, &Grant::default(), limits);
+    let result = runtime().run(&load(path), &store, &invocation, grant, limits);
     (result, invocation, store, dir)
 }
 
@@ -172,6 +186,151 @@ fn every_language_rejects_an_unknown_mode_as_invalid_params() {
                 Err(StepError::Failed(GuestFailure::InvalidParams(_)))
             ),
             "{language}: {result:?}"
+        );
+    }
+}
+
+/// Big integers, -0, a duplicate key and `\u` escapes: every hostile step
+/// of another language writes this text in its `round-trip` mode.
+const ROUND_TRIP: &str = r#"[123456789012345678901234567890,18446744073709551616,-0,{"a":1,"a":2},"\u00e9\ud83d\ude00"]"#;
+
+#[test]
+fn every_language_round_trips_exact_text() {
+    // The Rust step also writes and reads back a global: it needs a grant.
+    let grant = Grant::default()
+        .read_globals("hostile/")
+        .write_globals("hostile/");
+    for (language, path) in hostiles() {
+        let params = json!({"mode": "round-trip", "text": ROUND_TRIP});
+        let (result, invocation, store, _dir) =
+            run_hostile_granted(&path, params, &grant, &Limits::default());
+        let outcome = result.unwrap_or_else(|e| panic!("{language}: {e}"));
+        assert_eq!(outcome.output.as_str(), ROUND_TRIP, "{language}");
+        let stored = store
+            .get_text(invocation.flow_run_id, invocation.node_id)
+            .unwrap()
+            .expect("stored");
+        assert_eq!(
+            stored.as_str().as_bytes(),
+            ROUND_TRIP.as_bytes(),
+            "{language}"
+        );
+    }
+}
+
+#[test]
+fn every_language_gets_quota_exceeded_for_a_huge_key() {
+    let grant = Grant::default().write_globals("hostile/");
+    for (language, path) in hostiles() {
+        let params = json!({"mode": "huge-key", "bytes": 1 << 20});
+        let (result, ..) = run_hostile_granted(&path, params, &grant, &Limits::default());
+        let err = store_error(language, result);
+        assert_eq!(err.kind(), "quota-exceeded", "{language}: {err}");
+    }
+}
+
+/// The hostile steps whose language can wait in WASI: Rust and C. (The
+/// Python step is built with WASI stubbed out, where `time.sleep` does
+/// not wait; the JavaScript one has no blocking sleep, and its build
+/// disables the clocks.)
+fn waiting_hostiles() -> Vec<(&'static str, String)> {
+    vec![
+        ("rust", components::HOSTILE.to_owned()),
+        ("c", language_component("c-hostile.wasm")),
+    ]
+}
+
+#[test]
+fn sleeping_and_blocking_time_out_in_every_language_that_can_wait() {
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    for (language, path) in waiting_hostiles() {
+        load(&path); // compiled before the clock starts
+        for mode in ["sleep", "block-forever"] {
+            let started = Instant::now();
+            let (result, invocation, store, _dir) =
+                run_hostile(&path, json!({"mode": mode}), &limits);
+            let elapsed = started.elapsed();
+            assert!(
+                matches!(result, Err(StepError::Timeout(_))),
+                "{language} {mode}: {result:?}"
+            );
+            assert!(
+                elapsed < Duration::from_secs(2),
+                "{language} {mode}: {elapsed:?}"
+            );
+            // The next step on the same runtime and store runs at once.
+            let next = Invocation::new(invocation.flow_run_id, NodeId::new())
+                .with_params(json!({"mode": "round-trip", "text": "1"}));
+            let grant = Grant::default()
+                .read_globals("hostile/")
+                .write_globals("hostile/");
+            let after = runtime().run(&load(&path), &store, &next, &grant, &Limits::default());
+            assert!(after.is_ok(), "{language} after {mode}: {after:?}");
+        }
+    }
+}
+
+/// What the stubbed WASI of the Python build (`--stub-wasi`) and the
+/// JavaScript build (`--disable all`) really does: the first clock read or
+/// stderr write traps at once, so these steps can neither sleep nor print.
+#[test]
+fn stubbed_wasi_traps_at_once_instead_of_waiting_or_printing() {
+    let limits = Limits {
+        timeout: Duration::from_secs(1),
+        ..Limits::default()
+    };
+    for (language, file, mode, in_report) in [
+        (
+            "python",
+            "python-hostile.wasm",
+            "sleep",
+            Some("monotonic_clock_now"),
+        ),
+        (
+            "python",
+            "python-hostile.wasm",
+            "chatty-stderr",
+            Some("stderr"),
+        ),
+        ("javascript", "js-hostile.wasm", "chatty-stderr", None),
+    ] {
+        load(&language_component(file)); // compiled before the clock starts
+        let started = Instant::now();
+        let (result, ..) = run_hostile(&language_component(file), json!({"mode": mode}), &limits);
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{language} {mode}"
+        );
+        let Err(StepError::Trap { report, .. }) = &result else {
+            panic!("{language} {mode}: expected a trap, got {result:?}")
+        };
+        if let Some(function) = in_report {
+            assert!(
+                report.contains(function),
+                "{language} {mode}: {report:.600}"
+            );
+        }
+    }
+}
+
+#[test]
+fn chatty_stderr_then_a_crash_keeps_the_last_words() {
+    let panic = "chatty-stderr: the panic after the chatter";
+    for (language, path) in [
+        ("rust", components::HOSTILE.to_owned()),
+        ("c", language_component("c-hostile.wasm")),
+    ] {
+        let (result, ..) = run_hostile(&path, json!({"mode": "chatty-stderr"}), &Limits::default());
+        let Err(StepError::Trap { stderr, .. }) = &result else {
+            panic!("{language}: expected a trap, got {result:?}")
+        };
+        assert!(stderr.contains(panic), "{language}: {stderr:.300}");
+        assert!(
+            result.unwrap_err().to_string().contains(panic),
+            "{language}"
         );
     }
 }

@@ -33,6 +33,27 @@ use serde_json::{Map, Value, json};
 ///   "read_file_ok": bool, "env_vars": n, "tcp_ok": bool}`.
 /// - `echo`: writes params field `value` (any JSON; `null` if absent).
 /// - `read-upstream`: writes `{"<upstream name>": <its output>, ...}`.
+/// - `upstream-bytes`: reads each upstream's output as text and writes
+///   `{"<upstream name>": <its length in bytes>, ...}`.
+/// - `sleep`: `std::thread::sleep` for an hour (a WASI clock subscription
+///   and a poll).
+/// - `block-forever`: subscribes to a monotonic-clock instant that never
+///   comes and blocks on that pollable.
+/// - `huge-key`: `put_global_raw("hostile/kkk…", "1")` with a key of `bytes`
+///   bytes (default 50 MiB).
+/// - `huge-failure`: fails with a message of `bytes` bytes (default 8 MiB)
+///   that starts with terminal escape sequences and control characters.
+/// - `chatty-stderr`: prints `bytes` bytes (default 1 MiB) to stderr in
+///   lines, then panics with `chatty-stderr: the panic after the chatter`.
+/// - `journal-read`: `get_global` of the host's flow journal key `target`.
+/// - `journal-write`: `upsert_global` of the host's flow journal key `target`.
+/// - `deep-json`: writes its own output as arrays nested `depth` deep
+///   (default 200,000).
+/// - `round-trip`: writes params field `text` (a string) as its output's
+///   raw JSON text, and as the global `hostile/round-trip`, reads both back
+///   as text and fails unless they are byte for byte what it wrote.
+/// - `count`: counts to `n` (default 1,000) in a CPU-bound loop, then writes
+///   `{"count": n}` (a fixed amount of guest work, for the fuel benchmark).
 pub const MODES: &[&str] = &[
     "loop",
     "memory-hog",
@@ -50,6 +71,17 @@ pub const MODES: &[&str] = &[
     "sandbox",
     "echo",
     "read-upstream",
+    "upstream-bytes",
+    "sleep",
+    "block-forever",
+    "huge-key",
+    "huge-failure",
+    "chatty-stderr",
+    "journal-read",
+    "journal-write",
+    "deep-json",
+    "round-trip",
+    "count",
 ];
 
 /// The step's params: `mode` plus the optional fields some modes use.
@@ -58,8 +90,14 @@ struct Params {
     mode: String,
     /// A flow run id or node id, for the `*-other-*` modes.
     target: Option<String>,
-    /// The string length for `oversized-value`.
+    /// The size for `oversized-value`, `huge-key`, `huge-failure` and `chatty-stderr`.
     bytes: Option<usize>,
+    /// The nesting depth for `deep-json`.
+    depth: Option<usize>,
+    /// The raw JSON text for `round-trip`.
+    text: Option<String>,
+    /// How far `count` counts.
+    n: Option<u64>,
     /// The value for `echo`.
     #[serde(default)]
     value: Value,
@@ -96,6 +134,20 @@ fn mode(name: &str) -> Option<Mode> {
         "sandbox" => sandbox,
         "echo" => |ctx, p| Ok(ctx.output(&p.value)?),
         "read-upstream" => read_upstream,
+        "upstream-bytes" => upstream_bytes,
+        "sleep" => |_, _| {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+            Err(StepError::Failed("sleep: woke up after an hour".into()))
+        },
+        "block-forever" => block_forever,
+        "huge-key" => huge_key,
+        "huge-failure" => huge_failure,
+        "chatty-stderr" => chatty_stderr,
+        "journal-read" => |_, p| refused(&p.mode, store::get_global_raw(p.target()?)),
+        "journal-write" => |_, p| refused(&p.mode, store::upsert_global(p.target()?, &"forged")),
+        "deep-json" => deep_json,
+        "round-trip" => round_trip,
+        "count" => count,
         _ => return None,
     })
 }
@@ -197,6 +249,91 @@ fn read_upstream(ctx: &Context, _: &Params) -> Result<(), StepError> {
         outputs.insert(name.to_owned(), ctx.upstream::<Value>(name)?);
     }
     Ok(ctx.output(&outputs)?)
+}
+
+fn upstream_bytes(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    let mut sizes = Map::new();
+    for (name, node_id) in ctx.upstreams() {
+        let text = store::get_raw(ctx.flow_run_id(), node_id)?;
+        sizes.insert(name.to_owned(), json!(text.map_or(0, |t| t.len())));
+    }
+    Ok(ctx.output(&sizes)?)
+}
+
+fn block_forever(_: &Context, _: &Params) -> Result<(), StepError> {
+    use wasip2::clocks::monotonic_clock;
+    // The last instant there is: this pollable never becomes ready.
+    let never = monotonic_clock::subscribe_instant(u64::MAX);
+    never.block();
+    Err(StepError::Failed(
+        "block-forever: the pollable fired".into(),
+    ))
+}
+
+fn huge_key(_: &Context, p: &Params) -> Result<(), StepError> {
+    let bytes = p.bytes.unwrap_or(50 * 1024 * 1024);
+    let mut key = String::with_capacity(bytes);
+    key.push_str("hostile/");
+    key.extend(std::iter::repeat_n('k', bytes.saturating_sub(key.len())));
+    refused(&p.mode, store::put_global_raw(&key, "1"))
+}
+
+fn huge_failure(_: &Context, p: &Params) -> Result<(), StepError> {
+    let bytes = p.bytes.unwrap_or(8 * 1024 * 1024);
+    // Clear the screen, set the window title, ring the bell, forge a line.
+    let mut message = String::from("\u{1b}[2J\u{1b}]0;pwned\u{7}\r\nerror: forged line\u{9b}31m");
+    message.extend(std::iter::repeat_n(
+        'x',
+        bytes.saturating_sub(message.len()),
+    ));
+    Err(StepError::Failed(message))
+}
+
+fn chatty_stderr(_: &Context, p: &Params) -> Result<(), StepError> {
+    let bytes = p.bytes.unwrap_or(1024 * 1024);
+    let line = "chatter ".repeat(8); // 64 bytes with the newline
+    for _ in 0..bytes / (line.len() + 1) {
+        // `eprintln!` panics if the write fails: the ring must never refuse.
+        eprintln!("{line}");
+    }
+    panic!("chatty-stderr: the panic after the chatter");
+}
+
+fn deep_json(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let depth = p.depth.unwrap_or(200_000);
+    let json = format!("{}1{}", "[".repeat(depth), "]".repeat(depth));
+    refused(
+        &p.mode,
+        store::put_raw(ctx.flow_run_id(), ctx.node_id(), &json),
+    )
+}
+
+fn round_trip(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let text = p
+        .text
+        .as_deref()
+        .ok_or_else(|| StepError::InvalidParams("mode `round-trip` needs a `text` field".into()))?;
+    store::put_global_raw("hostile/round-trip", text)?;
+    let global = store::get_global_raw("hostile/round-trip")?;
+    store::put_raw(ctx.flow_run_id(), ctx.node_id(), text)?;
+    let output = store::get_raw(ctx.flow_run_id(), ctx.node_id())?;
+    for (what, back) in [("global", global), ("output", output)] {
+        if back.as_deref() != Some(text) {
+            return Err(StepError::Failed(format!(
+                "round-trip: the {what} came back as {back:?}, not {text:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn count(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let n = p.n.unwrap_or(1_000);
+    let mut i: u64 = 0;
+    while std::hint::black_box(i) < n {
+        i += 1;
+    }
+    Ok(ctx.output(&json!({ "count": i }))?)
 }
 
 /// The `hostile` step: runs the mode its params ask for.

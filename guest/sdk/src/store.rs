@@ -51,6 +51,11 @@ pub fn get<T: DeserializeOwned>(flow_run_id: &str, node_id: &str) -> Result<Opti
     decode(raw::get(flow_run_id, node_id)?)
 }
 
+/// Like [`get`], returning the stored JSON text exactly as it was written.
+pub fn get_raw(flow_run_id: &str, node_id: &str) -> Result<Option<String>, Error> {
+    Ok(raw::get(flow_run_id, node_id)?)
+}
+
 /// Lists the node ids that have an output in `flow_run_id`, in no set order.
 pub fn list_keys(flow_run_id: &str) -> Result<Vec<String>, Error> {
     Ok(raw::list_keys(flow_run_id)?)
@@ -76,4 +81,9 @@ pub fn upsert_global<T: Serialize + ?Sized>(key: &str, value: &T) -> Result<(), 
 /// Reads the global `key`; `Ok(None)` if it is not written yet.
 pub fn get_global<T: DeserializeOwned>(key: &str) -> Result<Option<T>, Error> {
     decode(raw::get_global(key)?)
+}
+
+/// Like [`get_global`], returning the stored JSON text exactly as it was written.
+pub fn get_global_raw(key: &str) -> Result<Option<String>, Error> {
+    Ok(raw::get_global(key)?)
 }

@@ -70,7 +70,7 @@ struct LimitsSpec {
     fuel: Option<u64>,
     max_value_bytes: Option<usize>,
     max_writes: Option<u32>,
-    max_json_depth: Option<usize>,
+    max_json_depth: Option<Spanned<usize>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -142,8 +142,18 @@ impl LimitsSpec {
         if let Some(writes) = self.max_writes {
             limits.max_writes = writes;
         }
-        if let Some(depth) = self.max_json_depth {
-            limits.max_json_depth = depth;
+        if let Some(depth) = &self.max_json_depth {
+            if *depth.get_ref() > crate::json::MAX_DEPTH {
+                return Err(source.error(
+                    depth.span(),
+                    format!(
+                        "max_json_depth {} is above the ceiling of {}",
+                        depth.get_ref(),
+                        crate::json::MAX_DEPTH
+                    ),
+                ));
+            }
+            limits.max_json_depth = *depth.get_ref();
         }
         Ok(limits)
     }

@@ -12,7 +12,7 @@ use crate::id::NodeId;
 use crate::limits::Limits;
 
 mod file;
-mod journal;
+pub mod journal;
 mod runner;
 mod status;
 

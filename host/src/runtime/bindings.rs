@@ -15,6 +15,7 @@ pub use worldinterface::contextstore::types::{
 
 use super::step_error::GuestFailure;
 use crate::guest_store::GuestStoreError;
+use crate::text::{MAX_MESSAGE_BYTES, for_terminal};
 
 impl From<GuestStoreError> for WitStoreError {
     fn from(error: GuestStoreError) -> Self {
@@ -44,12 +45,33 @@ impl From<WitStoreError> for GuestStoreError {
     }
 }
 
+/// The guest's own text: one line, at most [`MAX_MESSAGE_BYTES`], control
+/// characters and escape sequences neutralised.
+fn guest_text(text: &str) -> String {
+    for_terminal(text, MAX_MESSAGE_BYTES)
+}
+
+/// A step's error as the host keeps it: every text in it is guest text, so
+/// each is bounded and neutralised (a store error the guest passes back may
+/// be one it made up).
 impl From<WitStepError> for GuestFailure {
     fn from(error: WitStepError) -> Self {
         match error {
-            WitStepError::InvalidParams(m) => Self::InvalidParams(m),
-            WitStepError::Store(e) => Self::Store(e.into()),
-            WitStepError::Failed(m) => Self::Failed(m),
+            WitStepError::InvalidParams(m) => Self::InvalidParams(guest_text(&m)),
+            WitStepError::Store(e) => Self::Store(
+                match e {
+                    WitStoreError::InvalidId(m) => WitStoreError::InvalidId(guest_text(&m)),
+                    WitStoreError::InvalidJson(m) => WitStoreError::InvalidJson(guest_text(&m)),
+                    WitStoreError::AccessDenied(m) => WitStoreError::AccessDenied(guest_text(&m)),
+                    WitStoreError::QuotaExceeded(m) => WitStoreError::QuotaExceeded(guest_text(&m)),
+                    WitStoreError::Storage(m) => WitStoreError::Storage(guest_text(&m)),
+                    other @ (WitStoreError::AlreadyExists | WitStoreError::GlobalAlreadyExists) => {
+                        other
+                    }
+                }
+                .into(),
+            ),
+            WitStepError::Failed(m) => Self::Failed(guest_text(&m)),
         }
     }
 }

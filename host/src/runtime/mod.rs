@@ -16,6 +16,7 @@ use crate::guest_store::GuestStore;
 use crate::json::JsonText;
 use crate::limits::Limits;
 use crate::store::{ContextStore, deadline};
+use crate::text::{self, MAX_MESSAGE_BYTES};
 
 mod bindings;
 mod cache;
@@ -778,6 +779,11 @@ struct Call<'a> {
     writes: Writes,
 }
 
+/// Most bytes kept of a trap's report and of the guest's stderr, once
+/// neutralised (stderr is captured as its last 16 KiB; escaping its control
+/// characters can make it longer).
+const MAX_REPORT_BYTES: usize = 64 * 1024;
+
 /// A deadline for a timeout too long to add to now: practically never.
 fn far_future() -> Instant {
     Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
@@ -811,9 +817,11 @@ fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) ->
             limit_bytes: limits.memory_bytes,
         };
     }
+    // Guest text all: a trap message can quote the guest, the report names
+    // its functions (from its own name section), stderr is what it wrote.
     StepError::Trap {
-        message: error.root_cause().to_string(),
-        report: format!("{error:?}"),
-        stderr: wasm.data().stderr.contents(),
+        message: text::for_terminal(&error.root_cause().to_string(), MAX_MESSAGE_BYTES),
+        report: text::lines_for_terminal(&format!("{error:?}"), MAX_REPORT_BYTES),
+        stderr: text::lines_for_terminal(&wasm.data().stderr.contents(), MAX_REPORT_BYTES),
     }
 }

@@ -4,6 +4,7 @@ use std::time::Duration;
 
 use crate::error::ContextStoreError;
 use crate::guest_store::GuestStoreError;
+use crate::text;
 
 /// Why a step invocation failed. In every case the host and the store stay
 /// usable, and a write the guest committed before failing stays committed.
@@ -67,7 +68,10 @@ pub enum GuestFailure {
     Failed(String),
 }
 
-/// The guest's stderr folded into one line, for a one-line error message.
+/// The end of the guest's stderr folded into one line, for a one-line
+/// error message: the last lines are the ones that explain a failure (a
+/// panic message comes last), so an earlier part that does not fit is
+/// dropped and marked with `…`. Control characters are neutralised.
 fn stderr_suffix(stderr: &str) -> String {
     let lines: Vec<&str> = stderr
         .lines()
@@ -78,12 +82,16 @@ fn stderr_suffix(stderr: &str) -> String {
         return String::new();
     }
     let folded = lines.join(" / ");
-    let cut: String = folded.chars().take(STDERR_IN_MESSAGE).collect();
-    let more = if cut.len() < folded.len() { "…" } else { "" };
-    format!(" (guest stderr: {cut}{more})")
+    let mut start = folded.len().saturating_sub(STDERR_IN_MESSAGE);
+    while !folded.is_char_boundary(start) {
+        start += 1;
+    }
+    let more = if start > 0 { "…" } else { "" };
+    let tail = text::for_terminal(&folded[start..], 4 * STDERR_IN_MESSAGE);
+    format!(" (guest stderr: {more}{tail})")
 }
 
-/// Most characters of guest stderr shown in a [`StepError::Trap`] message.
+/// Most bytes of guest stderr shown in a [`StepError::Trap`] message.
 const STDERR_IN_MESSAGE: usize = 400;
 
 #[cfg(test)]
@@ -104,9 +112,20 @@ mod tests {
         let long = StepError::Trap {
             message: "t".into(),
             report: String::new(),
-            stderr: "x".repeat(1000),
+            stderr: format!("{}\npanicked: the reason\n", "x".repeat(1000)),
         };
-        assert!(long.to_string().ends_with("…)"));
-        assert!(!long.to_string().contains('\n'));
+        let shown = long.to_string();
+        assert!(shown.contains("(guest stderr: …x"), "{shown}");
+        assert!(shown.ends_with(" / panicked: the reason)"), "{shown}");
+        assert!(shown.len() < 500, "{shown}");
+        let escapes = StepError::Trap {
+            message: "t".into(),
+            report: String::new(),
+            stderr: "\u{1b}[31mred\u{7}x".into(),
+        };
+        assert_eq!(
+            escapes.to_string(),
+            "step trapped: t (guest stderr: \\u{1b}[31mred\\u{7}x)"
+        );
     }
 }
