@@ -210,7 +210,9 @@ fn flow_run_into_a_reader_that_leaves_ends_quietly() {
         command
             .args(["flow", "run", flow.to_str().unwrap(), "--db"])
             .arg(&db)
-            .args(["--jobs", jobs, "--events"])
+            .args(["--jobs", jobs, "--events", "--cache-dir"])
+            // A cache of its own: no warning about a shared one comes first.
+            .arg(dir.path().join("cache"))
             .stdout(writer.try_clone().unwrap())
             .stderr(writer);
         let child = command.spawn().unwrap();
@@ -251,7 +253,8 @@ fn flow_run_with_a_closed_stderr_runs_to_the_end() {
     let mut child = std::process::Command::new(contextstore_tests::cli_binary())
         .args(["flow", "run", flow.to_str().unwrap(), "--db"])
         .arg(&db)
-        .args(["--jobs", "2", "--events"])
+        .args(["--jobs", "2", "--events", "--cache-dir"])
+        .arg(dir.path().join("cache"))
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -272,7 +272,7 @@ fn run_or_hang(
         ));
     });
     rx.recv_timeout(std::time::Duration::from_secs(60))
-        .expect("the flow run hung")
+        .expect("the flow run hung (or panicked)")
 }
 
 #[test]
