@@ -13,6 +13,7 @@
  *   handled           sets a failure, then writes its output and returns true
  *   false             returns false without setting an error
  *   globals           upserts global `sdk/g`, reads it back and lists the keys
+ *   stderr            writes a line to stderr, then `"said"` as its output
  */
 #include <stdio.h>
 #include <stdlib.h>
@@ -103,6 +104,10 @@ bool cs_step_run(cs_context_t *ctx) {
         cs_string_free(&back);
         cs_string_list_free(&keys);
         return ok;
+    }
+    if (is(&mode, "stderr")) {
+        fputs("hello from the C step\n", stderr);
+        return cs_output(ctx, "\"said\"", strlen("\"said\""));
     }
     return cs_invalid_params(ctx, "unknown mode %.*s", (int)mode.raw_len, (const char *)mode.raw);
 }

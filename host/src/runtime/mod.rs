@@ -142,6 +142,9 @@ pub struct StepOutcome {
     pub output: JsonText,
     /// Whether the step ran now.
     pub status: StepStatus,
+    /// The end of what the step wrote to stderr (the last 16 KiB); empty
+    /// when it wrote nothing or did not run.
+    pub stderr: String,
 }
 
 impl StepOutcome {
@@ -412,6 +415,7 @@ impl Runtime {
             return Ok(StepOutcome {
                 output,
                 status: StepStatus::AlreadyDone,
+                stderr: String::new(),
             });
         }
         let (metering, pre) = match limits.fuel {
@@ -470,6 +474,7 @@ impl Runtime {
             return Ok(StepOutcome {
                 output: output.clone(),
                 status: StepStatus::Ran,
+                stderr: wasm.data().stderr.contents(),
             });
         }
         let lost_race = guest.is_some_and(GuestStore::lost_race);
@@ -481,6 +486,7 @@ impl Runtime {
                 return Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
                 });
             }
         }
@@ -491,6 +497,7 @@ impl Runtime {
                 Some(output) => Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
                 }),
                 None => Err(StepError::NoOutput),
             },
