@@ -60,8 +60,12 @@ pub enum GlobalCommand {
 /// Prints a node's output.
 pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let store = args.db.open()?;
-    match store.get(args.flow_run, args.node)? {
-        Some(value) => print_json(&value).map(|()| Outcome::Done),
+    match store.get_text(args.flow_run, args.node)? {
+        Some(text) => {
+            // Exactly as the step wrote it.
+            println!("{text}");
+            Ok(Outcome::Done)
+        }
         None => {
             eprintln!("no output for ({}, {})", args.flow_run, args.node);
             Ok(Outcome::NotFound)
