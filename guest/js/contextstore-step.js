@@ -154,7 +154,10 @@ export class Context {
     /** The parameters as JSON text, as the host passed them ('null' when none). */
     this.paramsJson = invocation.params;
     /** The upstream nodes, name to node id. */
-    this.upstreams = new Map(invocation.upstream.map((u) => [u.name, u.nodeId]));
+    this.upstreams = new Map();
+    for (const u of invocation.upstream) {
+      if (!this.upstreams.has(u.name)) this.upstreams.set(u.name, u.nodeId); // the first of a name wins
+    }
   }
 
   /** The parameters as a JS value; `fallback` when they are `null`. */
@@ -196,6 +199,13 @@ export class Context {
 /** The WIT `step-error` value the host gets for an error thrown by a step. */
 export function toStepError(error) {
   if (error instanceof StoreError) return { tag: 'store', val: error.payload };
+  // A raw binding's store error, or a step-error thrown as jco expects it.
+  if (error && error.payload && STORE_ERROR_KINDS.includes(error.payload.tag)) {
+    return { tag: 'store', val: error.payload };
+  }
+  if (error && error.payload && ['invalid-params', 'store', 'failed'].includes(error.payload.tag)) {
+    return error.payload;
+  }
   if (error instanceof InvalidParams) return { tag: 'invalid-params', val: error.message };
   if (error instanceof Failed) return { tag: 'failed', val: error.message };
   const name = error && error.name ? error.name : 'Error';

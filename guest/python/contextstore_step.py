@@ -269,7 +269,9 @@ class Context:
         #: The parameters as JSON text, as the host passed them (`null` when none).
         self.params_json: str = invocation.params
         #: The upstream nodes, name to node id, in the host's order.
-        self.upstreams: Dict[str, str] = {u.name: u.node_id for u in invocation.upstream}
+        self.upstreams: Dict[str, str] = {}
+        for u in invocation.upstream:
+            self.upstreams.setdefault(u.name, u.node_id)  # the first of a name wins
 
     def params(self, default: Any = None) -> Any:
         """The parameters as a Python object; `default` when they are `null`."""
@@ -328,7 +330,9 @@ def export(step: Callable[[Context], None]) -> type:
         def run(self, invocation: Any) -> None:
             try:
                 step(Context(invocation))
-            except Err:
+            except Err as e:
+                if type(e.value) in _STORE_ERRORS:  # a raw binding's store error
+                    raise Err(_types.StepError_Store(e.value)) from None
                 raise  # already a WIT step-error
             except Exception as e:
                 raise Err(to_step_error(e)) from None

@@ -119,6 +119,31 @@ test('step errors reach the host', () => {
   assert.equal(runStep((c) => c.output(1)), undefined);
 });
 
+test('a raw binding error leaving the step is passed on', async () => {
+  const raw = await import('worldinterface:contextstore/store@0.1.0');
+  assert.deepEqual(
+    runStep(() => {
+      raw.putGlobal('k', '1');
+      raw.putGlobal('k', '2');
+    }),
+    { tag: 'store', val: { tag: 'global-already-exists' } },
+  );
+  const own = new Error('mine');
+  own.payload = { tag: 'failed', val: 'mine' };
+  assert.deepEqual(
+    runStep(() => {
+      throw own;
+    }),
+    { tag: 'failed', val: 'mine' },
+  );
+});
+
+test('the first upstream of a name wins', () => {
+  const inv = invocation();
+  inv.upstream.push({ name: 'greet', nodeId: ME });
+  assert.equal(new cs.Context(inv).upstreamId('greet'), GREET);
+});
+
 test('values without a JSON form fail the step', () => {
   const ctx = new cs.Context(invocation());
   const cycle = {};

@@ -174,6 +174,22 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(run_step(raises(KeyError("k")), invocation()), StepError_Failed("KeyError: 'k'"))
         self.assertIsNone(run_step(lambda ctx: ctx.output(1), invocation()))
 
+    def test_a_raw_binding_error_leaving_the_step_is_passed_on(self):
+        def step(ctx):
+            store.put_global("k", "1")
+            store.put_global("k", "2")  # the binding itself: Err(GlobalAlreadyExists)
+
+        self.assertEqual(run_step(step, invocation()), StepError_Store(store.Error_GlobalAlreadyExists()))
+
+        def raises_a_wit_step_error(ctx):
+            raise Err(StepError_Failed("mine"))
+
+        self.assertEqual(run_step(raises_a_wit_step_error, invocation()), StepError_Failed("mine"))
+
+    def test_the_first_upstream_of_a_name_wins(self):
+        ctx = cs.Context(invocation(upstream=(("a", GREET), ("a", ME))))
+        self.assertEqual(ctx.upstream_id("a"), GREET)
+
     def test_values_without_json_form_fail_the_step(self):
         ctx = cs.Context(invocation())
         for bad in [float("nan"), {1, 2}, object()]:
