@@ -73,12 +73,17 @@ if stale "$gen/step.h" "$root"/wit/*.wit "$wit_bindgen" "$0"; then
     fi
 fi
 
-# build SOURCE COMPONENT: compiles guest/c/SOURCE with the JSON helper and
-# the bindings, and links a component. `-mexec-model=reactor` makes a library
-# (no main); --strip-debug drops the DWARF that wasi-libc carries.
+# build SOURCE COMPONENT [EXTRA.c...]: compiles guest/c/SOURCE with the extra
+# sources (the SDK, contextstore_step.c, for steps written on it), the JSON
+# helper and the bindings, and links a component. `-mexec-model=reactor`
+# makes a library (no main); --strip-debug drops the DWARF that wasi-libc
+# carries.
 build() {
-    local src="$here/$1" out="$out_dir/$2"
-    if ! stale "$out" "$src" "$here/json.c" "$here/json.h" "$gen/step.h" "$0"; then
+    local src="$here/$1" name="$2" out="$out_dir/$2" extra=()
+    shift 2
+    for file in "$@"; do extra+=("$here/$file"); done
+    if ! stale "$out" "$src" "${extra[@]}" "$here/contextstore_step.h" \
+        "$here/json.c" "$here/json.h" "$gen/step.h" "$0"; then
         echo "up to date: $out"
         return
     fi
@@ -87,11 +92,12 @@ build() {
     "$CLANG" --target=wasm32-wasi -Wno-deprecated -mexec-model=reactor \
         -O2 -std=c11 -Wall -Wextra -Werror \
         -I "$gen" -I "$here" \
-        "$src" "$here/json.c" "$gen/step.c" "$gen/step_component_type.o" \
+        "$src" "${extra[@]}" "$here/json.c" "$gen/step.c" "$gen/step_component_type.o" \
         -fuse-ld="$component_ld" -Wl,--strip-debug \
-        -o "$root/target/guest-c/$2"
-    mv "$root/target/guest-c/$2" "$out"
+        -o "$root/target/guest-c/$name"
+    mv "$root/target/guest-c/$name" "$out"
 }
 
-build count.c c-count.wasm
+build count.c c-count.wasm contextstore_step.c
 build hostile.c c-hostile.wasm
+build sdk_test.c c-sdk-test.wasm contextstore_step.c

@@ -26,18 +26,19 @@ source "$root/guest/stale.sh"
 
 # build SOURCE COMPONENT: componentizes guest/js/SOURCE.
 #
-# `--disable all` turns off the engine's WASI features (stdio, random, clocks,
-# http, fetch-event). By default the engine imports wasi:http and more, which
-# the host does not provide; with them off the component imports only the store.
+# componentize.mjs turns off the engine's WASI features (stdio, random, clocks,
+# http, fetch-event), as `jco componentize --disable all` does. By default the
+# engine imports wasi:http and more, which the host does not provide; with
+# them off the component imports only the store. Unlike jco, it reads the
+# source in place, so a step can import the SDK (./contextstore-step.js).
 build() {
     local src="$1" out="$out_dir/$2"
-    if ! stale "$out" "$here/$src" "$root"/wit/*.wit "$0" "$here/package-lock.json"; then
+    if ! stale "$out" "$here/$src" "$here/contextstore-step.js" "$root"/wit/*.wit "$0" "$here/componentize.mjs" "$here/package-lock.json"; then
         echo "up to date: $out"
         return
     fi
     echo "building $out"
-    (cd "$here" && "$jco" componentize "$src" --wit "$root/wit" --world-name step \
-        --disable all --out "$out.tmp" >/dev/null)
+    node "$here/componentize.mjs" "$here/$src" "$root/wit" "$out.tmp"
     mv "$out.tmp" "$out"
 }
 

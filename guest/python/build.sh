@@ -35,7 +35,7 @@ source "$root/guest/stale.sh"
 # of `random` is fixed at build time.
 build() {
     local module="$1" out="$out_dir/$2"
-    if ! stale "$out" "$here/$module.py" "$root"/wit/*.wit "$0" "$tool"; then
+    if ! stale "$out" "$here/$module.py" "$here/contextstore_step.py" "$root"/wit/*.wit "$0" "$tool"; then
         echo "up to date: $out"
         return
     fi

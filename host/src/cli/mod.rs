@@ -13,6 +13,7 @@ use contextstore::{ContextStore, SqliteContextStore, SqliteOptions};
 
 mod flow;
 mod inspect;
+mod new;
 mod output;
 mod run;
 
@@ -39,6 +40,8 @@ struct Cli {
 enum Command {
     /// Run one step component and print its stored output.
     Run(run::RunArgs),
+    /// Write a new step project (Rust, Python, JavaScript or C) on the step SDK.
+    New(new::NewArgs),
     /// Print the output of a node (exit 1 if there is none).
     Get(inspect::GetArgs),
     /// List the nodes that have an output in a flow run, one per line.
@@ -113,6 +116,7 @@ pub fn main() -> ExitCode {
     init_tracing();
     let result = match cli.command {
         Command::Run(args) => run::run(args),
+        Command::New(args) => new::new(args),
         Command::Get(args) => inspect::get(args),
         Command::List(args) => inspect::list(args),
         Command::Global(command) => inspect::global(command),

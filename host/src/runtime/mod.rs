@@ -156,6 +156,9 @@ pub struct StepOutcome {
     pub output: JsonText,
     /// Whether the step ran now.
     pub status: StepStatus,
+    /// The end of what the step wrote to stderr (the last 16 KiB); empty
+    /// when it wrote nothing or did not run.
+    pub stderr: String,
 }
 
 impl StepOutcome {
@@ -636,6 +639,7 @@ impl Runtime {
             return Ok(StepOutcome {
                 output,
                 status: StepStatus::AlreadyDone,
+                stderr: String::new(),
             });
         }
         let metering = match limits.fuel {
@@ -683,6 +687,7 @@ impl Runtime {
             return Ok(StepOutcome {
                 output: output.clone(),
                 status: StepStatus::Ran,
+                stderr: wasm.data().stderr.contents(),
             });
         }
         let lost_race = guest.is_some_and(GuestStore::lost_race);
@@ -694,6 +699,7 @@ impl Runtime {
                 return Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
                 });
             }
         }
@@ -704,6 +710,7 @@ impl Runtime {
                 Some(output) => Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
                 }),
                 None => Err(StepError::NoOutput),
             },

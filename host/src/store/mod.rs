@@ -7,6 +7,7 @@ use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 
 pub mod deadline;
+pub mod recording;
 mod schema;
 pub mod sqlite;
 
