@@ -13,6 +13,7 @@ use contextstore::{ContextStore, SqliteContextStore};
 
 mod flow;
 mod inspect;
+mod migrate;
 mod run;
 
 /// What a subcommand tells `main` to exit with.
@@ -48,6 +49,9 @@ enum Command {
     /// Run flows of steps from a TOML flow file, and show their status.
     #[command(subcommand)]
     Flow(flow::FlowCommand),
+    /// Bring a database to this build's schema in place, converting a
+    /// WorldInterface database (opening it for writing does the same).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Where the SQLite database lives.
@@ -100,6 +104,7 @@ pub fn main() -> ExitCode {
         Command::List(args) => inspect::list(args),
         Command::Global(command) => inspect::global(command),
         Command::Flow(command) => flow::flow(command),
+        Command::Migrate(args) => migrate::migrate(args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

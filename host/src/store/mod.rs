@@ -9,6 +9,7 @@ use crate::json::JsonText;
 pub mod deadline;
 mod schema;
 pub mod sqlite;
+pub mod worldinterface;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
