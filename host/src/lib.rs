@@ -55,4 +55,5 @@ pub use limits::Limits;
 #[cfg(feature = "runtime")]
 pub use runtime::{Invocation, Runtime, StepComponent, StepError, StepOutcome, StepStatus};
 pub use store::ContextStore;
+pub use store::atomic::{AtomicWriteError, AtomicWriter};
 pub use store::sqlite::{Durability, SqliteContextStore, SqliteOptions};

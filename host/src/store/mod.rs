@@ -6,6 +6,7 @@ use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 
+pub mod atomic;
 pub mod deadline;
 mod schema;
 pub mod sqlite;
