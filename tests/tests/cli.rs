@@ -151,3 +151,36 @@ fn bad_arguments_are_one_error_line() {
     let not_a_component = run_step("/etc/hostname", db, GREET, &[]);
     assert!(text(&not_a_component.stderr).contains("not a valid WebAssembly component"));
 }
+
+#[test]
+fn get_meta_shows_where_an_output_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meta.db");
+    let db = db.to_str().unwrap();
+    let greet = run_step(
+        components::GREET,
+        db,
+        GREET,
+        &["--params", r#"{"name":"Ada"}"#],
+    );
+    assert!(greet.status.success(), "{}", text(&greet.stderr));
+    let meta = cli(&["get", "--db", db, RUN, GREET, "--meta"]);
+    assert!(meta.status.success(), "{}", text(&meta.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+    assert_eq!(
+        meta["value"],
+        serde_json::json!({"greeting": "Hello, Ada!"})
+    );
+    let provenance = &meta["provenance"];
+    assert_eq!(
+        provenance["component_hash"],
+        contextstore_tests::load(components::GREET).content_hash()
+    );
+    assert_eq!(provenance["attempt"], 1);
+    assert!(provenance["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let (start, end) = (
+        provenance["started_at"].as_i64().unwrap(),
+        provenance["ended_at"].as_i64().unwrap(),
+    );
+    assert!(start > 1_700_000_000_000 && start <= end, "{provenance}");
+}

@@ -222,6 +222,17 @@ fn flow_run_and_status_from_the_command_line() {
         .map(|n| n["status"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["done"; 4]);
+    let greet = &status["nodes"][0];
+    assert_eq!(greet["node"], "greet");
+    assert_eq!(
+        greet["provenance"]["component_hash"],
+        contextstore_tests::load(components::GREET).content_hash()
+    );
+    assert_eq!(greet["provenance"]["attempt"], 1);
+    assert!(
+        greet["provenance"]["ended_at"].as_i64().is_some(),
+        "{greet}"
+    );
 }
 
 #[test]

@@ -127,7 +127,14 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             .iter()
             .map(|n| {
                 let (state, error) = state_parts(&n.state);
-                json!({"node": n.name, "node_id": n.node_id, "status": state, "output_bytes": n.output_bytes, "error": error})
+                json!({
+                    "node": n.name,
+                    "node_id": n.node_id,
+                    "status": state,
+                    "output_bytes": n.output_bytes,
+                    "error": error,
+                    "provenance": n.provenance,
+                })
             })
             .collect();
         println!(

@@ -16,6 +16,10 @@ pub struct GetArgs {
     flow_run: FlowRunId,
     /// The node id (hyphenated UUID).
     node: NodeId,
+    /// Print `{"value": …, "provenance": …}`: the output with where it came
+    /// from (`null` for an output stored without provenance).
+    #[arg(long)]
+    meta: bool,
 }
 
 /// `contextstore list`.
@@ -61,6 +65,11 @@ pub enum GlobalCommand {
 pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let store = args.db.open()?;
     match store.get(args.flow_run, args.node)? {
+        Some(value) if args.meta => {
+            let provenance = store.provenance(args.flow_run, args.node)?;
+            let meta = serde_json::json!({ "value": value, "provenance": provenance });
+            print_json(&meta).map(|()| Outcome::Done)
+        }
         Some(value) => print_json(&value).map(|()| Outcome::Done),
         None => {
             eprintln!("no output for ({}, {})", args.flow_run, args.node);

@@ -15,7 +15,7 @@ use crate::grant::Grant;
 use crate::guest_store::GuestStore;
 use crate::json::JsonText;
 use crate::limits::Limits;
-use crate::store::{ContextStore, deadline};
+use crate::store::{ContextStore, Provenance, deadline, provenance};
 
 mod bindings;
 mod cache;
@@ -402,6 +402,7 @@ impl Runtime {
         limits: &Limits,
         deadline: Instant,
     ) -> Result<StepOutcome, StepError> {
+        let started_at = provenance::unix_millis_now();
         let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
@@ -433,13 +434,24 @@ impl Runtime {
             wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
             limiter: GuestLimiter::new(limits),
-            guest: Some(GuestStore::new(
-                store.clone(),
-                run_id,
-                node_id,
-                grant.clone(),
-                limits.clone(),
-            )),
+            guest: Some(
+                GuestStore::new(
+                    store.clone(),
+                    run_id,
+                    node_id,
+                    grant.clone(),
+                    limits.clone(),
+                )
+                .with_provenance(Provenance {
+                    component_hash: component.content_hash(),
+                    params_hash: invocation.params_hash(),
+                    upstream_hash: invocation.upstream_hash(),
+                    attempt: invocation.attempt,
+                    host: host_name().to_owned(),
+                    started_at,
+                    ended_at: started_at,
+                }),
+            ),
             stderr,
             deadline,
         };
@@ -496,6 +508,12 @@ impl Runtime {
             },
         }
     }
+}
+
+/// This machine's host name, read once.
+fn host_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
 }
 
 /// A deadline for a timeout too long to add to now: practically never.

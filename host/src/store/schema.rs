@@ -25,6 +25,15 @@ const MIGRATIONS: &[&str] = &[
         value      TEXT NOT NULL,
         written_at INTEGER NOT NULL
     ) STRICT;",
+    // 2: provenance beside each output (NULL for outputs written without
+    // it). Hashes are BLAKE3 in hex; times are Unix milliseconds.
+    "ALTER TABLE outputs ADD COLUMN component_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN params_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN upstream_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN attempt INTEGER;
+    ALTER TABLE outputs ADD COLUMN host TEXT;
+    ALTER TABLE outputs ADD COLUMN started_at INTEGER;
+    ALTER TABLE outputs ADD COLUMN ended_at INTEGER;",
 ];
 
 /// The schema version this build writes.
@@ -161,5 +170,30 @@ mod tests {
             .unwrap();
         let err = migrate(&mut conn).unwrap_err().to_string();
         assert!(err.contains("not a contextstore database"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_file_gains_empty_provenance_columns_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO outputs VALUES (zeroblob(16), zeroblob(16), '[1]', 5)",
+            [],
+        )
+        .unwrap();
+        let report = migrate_reporting(&mut conn).unwrap();
+        assert_eq!(
+            (report.from_version, report.to_version),
+            (1, CURRENT_VERSION)
+        );
+        let (value, hash): (String, Option<String>) = conn
+            .query_row("SELECT value, component_hash FROM outputs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((value.as_str(), hash), ("[1]", None));
     }
 }

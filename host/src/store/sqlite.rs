@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use super::ContextStore;
+use super::{ContextStore, Provenance};
 use super::{deadline, schema};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
@@ -431,6 +431,70 @@ impl ContextStore for SqliteContextStore {
             }),
             Err(e) => Err(e.into()),
         }
+    }
+
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        let p = provenance;
+        let result = self.write(|conn| {
+            conn.prepare_cached(
+                "INSERT INTO outputs (flow_run_id, node_id, value, written_at, component_hash,
+                     params_hash, upstream_hash, attempt, host, started_at, ended_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+            )?
+            .execute(params![
+                flow_run_id.as_bytes(),
+                node_id.as_bytes(),
+                value.as_str(),
+                now_millis(),
+                p.component_hash,
+                p.params_hash,
+                p.upstream_hash,
+                p.attempt,
+                p.host,
+                p.started_at,
+                p.ended_at
+            ])
+        });
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_primary_key_violation(&e) => Err(ContextStoreError::AlreadyExists {
+                flow_run_id,
+                node_id,
+            }),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        let found = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT component_hash, params_hash, upstream_hash, attempt, host, started_at, ended_at
+                 FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2 AND component_hash IS NOT NULL",
+            )?
+            .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
+                Ok(Provenance {
+                    component_hash: row.get(0)?,
+                    params_hash: row.get(1)?,
+                    upstream_hash: row.get(2)?,
+                    attempt: row.get(3)?,
+                    host: row.get(4)?,
+                    started_at: row.get(5)?,
+                    ended_at: row.get(6)?,
+                })
+            })
+            .optional()
+        })?;
+        Ok(found)
     }
 
     fn get_text(
