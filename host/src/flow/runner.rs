@@ -8,9 +8,9 @@ use std::time::{Duration, Instant};
 
 use crate::json::JsonText;
 
-use super::{Flow, FlowError, FlowNode, journal};
+use super::{Flow, FlowError, FlowNode, journal, resume::check_unchanged};
 use crate::id::FlowRunId;
-use crate::runtime::{Invocation, Runtime, StepComponent, StepError, StepStatus};
+use crate::runtime::{Runtime, StepComponent, StepError, StepStatus};
 use crate::store::ContextStore;
 
 /// Something that happened to a node, as it happens (from worker threads).
@@ -29,6 +29,8 @@ pub enum FlowEvent<'a> {
         status: StepStatus,
         /// The node's stored output.
         output: &'a JsonText,
+        /// How the step failed after storing its output, if it did.
+        warning: Option<&'a str>,
         /// How long the invocation took.
         elapsed: Duration,
     },
@@ -67,6 +69,9 @@ pub enum NodeResult {
         status: StepStatus,
         /// The output.
         output: JsonText,
+        /// How the step failed after storing its output (now, or in the
+        /// attempt that stored it), if it did: the node is done all the same.
+        warning: Option<String>,
         /// How long the invocation took.
         elapsed: Duration,
     },
@@ -96,6 +101,17 @@ impl FlowReport {
             .all(|(_, r)| matches!(r, NodeResult::Done { .. }))
     }
 
+    /// The nodes that are done with a warning, with the warning.
+    pub fn warnings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.results.iter().filter_map(|(name, r)| match r {
+            NodeResult::Done {
+                warning: Some(warning),
+                ..
+            } => Some((name.as_str(), warning.as_str())),
+            _ => None,
+        })
+    }
+
     /// The failed nodes with their errors.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &StepError)> {
         self.results.iter().filter_map(|(name, r)| match r {
@@ -115,7 +131,13 @@ struct Board {
 }
 
 /// Runs (or resumes) `flow` as run `flow_run_id`. Components are loaded
-/// first, so a broken one fails the run before any step runs.
+/// first, so a broken one fails the run before any step runs. A run whose
+/// stored outputs the flow as it is now would not have written is refused
+/// ([`FlowError::Changed`]) before any step runs.
+///
+/// A node is done if and only if its output is stored: a step that stored
+/// its output and then failed is [`NodeResult::Done`] with a warning (its
+/// failure is journaled), and its dependents run.
 pub fn run(
     runtime: &Runtime,
     store: &Arc<dyn ContextStore>,
@@ -135,6 +157,7 @@ pub fn run(
                 })
         })
         .collect::<Result<Vec<StepComponent>, FlowError>>()?;
+    check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
     let ready = (0..flow.nodes.len())
@@ -231,13 +254,18 @@ impl Worker<'_> {
     fn run_node(&self, i: usize) -> NodeResult {
         let node = &self.flow.nodes[i];
         (self.options.on_event)(&FlowEvent::Started { node });
-        let mut invocation =
-            Invocation::new(self.flow_run_id, node.node_id).with_params(node.params.clone());
-        for up in &node.upstream {
-            if let Some(u) = self.flow.index_of(up) {
-                invocation = invocation.with_upstream(up.clone(), self.flow.nodes[u].node_id);
+        let store = self.store.as_ref();
+        let attempt = match journal::failure(store, self.flow_run_id, node.node_id) {
+            Ok(failed) => failed.map_or(1, |f| f.attempt.saturating_add(1)),
+            Err(error) => {
+                tracing::warn!(node = %node.name, %error, "could not read the journal; counting this as attempt 1");
+                1
             }
-        }
+        };
+        let invocation = self
+            .flow
+            .invocation(i, self.flow_run_id)
+            .with_attempt(attempt);
         let started = Instant::now();
         let result = self.runtime.run(
             &self.components[i],
@@ -249,28 +277,40 @@ impl Worker<'_> {
         let elapsed = started.elapsed();
         match result {
             Ok(outcome) => {
+                let warning = match (&outcome.warning, outcome.status) {
+                    (Some(failure), _) => {
+                        self.journal(node, &failure.to_string(), attempt);
+                        Some(failure.to_string())
+                    }
+                    // Done earlier: the attempt that stored it may have failed after.
+                    (None, StepStatus::AlreadyDone) => journal::warning(
+                        store,
+                        self.flow_run_id,
+                        node.node_id,
+                    )
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(node = %node.name, %error, "could not read the journal");
+                        None
+                    }),
+                    (None, StepStatus::Ran) => None,
+                };
                 let event = FlowEvent::Finished {
                     node,
                     status: outcome.status,
                     output: &outcome.output,
+                    warning: warning.as_deref(),
                     elapsed,
                 };
                 (self.options.on_event)(&event);
                 NodeResult::Done {
                     status: outcome.status,
                     output: outcome.output,
+                    warning,
                     elapsed,
                 }
             }
             Err(error) => {
-                if let Err(journal_error) = journal::record_failure(
-                    self.store.as_ref(),
-                    self.flow_run_id,
-                    node.node_id,
-                    &error.to_string(),
-                ) {
-                    tracing::warn!(node = %node.name, %journal_error, "could not record the failure");
-                }
+                self.journal(node, &error.to_string(), attempt);
                 (self.options.on_event)(&FlowEvent::Failed {
                     node,
                     error: &error,
@@ -278,6 +318,19 @@ impl Worker<'_> {
                 });
                 NodeResult::Failed(error)
             }
+        }
+    }
+
+    /// Records a failed attempt in the journal (a failure to record is logged).
+    fn journal(&self, node: &FlowNode, error: &str, attempt: u32) {
+        if let Err(journal_error) = journal::record_failure(
+            self.store.as_ref(),
+            self.flow_run_id,
+            node.node_id,
+            error,
+            attempt,
+        ) {
+            tracing::warn!(node = %node.name, %journal_error, "could not record the failure");
         }
     }
 

@@ -10,6 +10,9 @@ use crate::store::{ContextStore, Provenance};
 pub enum NodeState {
     /// Its output is stored.
     Done,
+    /// Its output is stored, but the step failed after storing it (the
+    /// journal's error): done, with a warning.
+    DoneWithWarning(String),
     /// No output, no recorded failure: not run yet (or interrupted).
     Pending,
     /// No output, and its last attempt failed with this error.
@@ -41,14 +44,19 @@ pub fn status(
         .iter()
         .map(|node| {
             let (state, output_bytes) = match store.get_text(flow_run_id, node.node_id)? {
-                Some(output) => (NodeState::Done, Some(output.len())),
+                Some(output) => match journal::warning(store, flow_run_id, node.node_id)? {
+                    Some(warning) => (NodeState::DoneWithWarning(warning), Some(output.len())),
+                    None => (NodeState::Done, Some(output.len())),
+                },
                 None => match journal::failure(store, flow_run_id, node.node_id)? {
-                    Some(error) => (NodeState::Failed(error), None),
+                    Some(failure) => (NodeState::Failed(failure.error), None),
                     None => (NodeState::Pending, None),
                 },
             };
             let provenance = match state {
-                NodeState::Done => store.provenance(flow_run_id, node.node_id)?,
+                NodeState::Done | NodeState::DoneWithWarning(_) => {
+                    store.provenance(flow_run_id, node.node_id)?
+                }
                 _ => None,
             };
             Ok(NodeStatus {

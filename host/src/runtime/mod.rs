@@ -135,13 +135,18 @@ pub enum StepStatus {
     AlreadyDone,
 }
 
-/// The result of a successful invocation.
-#[derive(Clone, Debug, PartialEq)]
+/// The result of an invocation that left the node's output stored: the
+/// node is done.
+#[derive(Debug)]
 pub struct StepOutcome {
     /// The node's stored output, as the exact text stored.
     pub output: JsonText,
     /// Whether the step ran now.
     pub status: StepStatus,
+    /// How the step failed after it stored its output (it trapped, returned
+    /// an error or ran out of time after its `put`). The output stands and
+    /// the node is done; the failure is reported beside it.
+    pub warning: Option<StepError>,
 }
 
 impl StepOutcome {
@@ -360,8 +365,13 @@ impl Runtime {
     ///
     /// If the node's output is already stored, the step is not run and the
     /// stored output is returned ([`StepStatus::AlreadyDone`]). Otherwise the
-    /// step runs in a fresh instance under `grant` and `limits`; it succeeds
-    /// only if `run` returns `ok` *and* the node's output is then in the store.
+    /// step runs in a fresh instance under `grant` and `limits`.
+    ///
+    /// One rule decides the result: the node is done if and only if its
+    /// output is stored. A step that stored its output and then trapped,
+    /// returned an error or timed out is `Ok`, with the failure in
+    /// [`StepOutcome::warning`]; a step that returned `ok` without storing
+    /// its output is [`StepError::NoOutput`].
     ///
     /// One deadline, [`Limits::timeout`] from now, covers everything:
     /// instantiation, wasm code (interrupted by epochs), WASI calls (a
@@ -388,7 +398,16 @@ impl Runtime {
             Ok(result) => result,
             Err(_elapsed) => {
                 tracing::info!(elapsed = ?started.elapsed(), "step timed out");
-                Err(StepError::Timeout(limits.timeout))
+                // A step that stored its output before its time ran out is done.
+                let look = Instant::now() + Duration::from_secs(1);
+                match deadline::with_deadline(look, || store.get_text(run_id, node_id)) {
+                    Ok(Some(output)) => Ok(StepOutcome {
+                        output,
+                        status: StepStatus::Ran,
+                        warning: Some(StepError::Timeout(limits.timeout)),
+                    }),
+                    _ => Err(StepError::Timeout(limits.timeout)),
+                }
             }
         }
     }
@@ -413,6 +432,7 @@ impl Runtime {
             return Ok(StepOutcome {
                 output,
                 status: StepStatus::AlreadyDone,
+                warning: None,
             });
         }
         let (metering, pre) = match limits.fuel {
@@ -476,12 +496,21 @@ impl Runtime {
         let guest = wasm.data().guest.as_ref();
         let writes = guest.map_or(0, GuestStore::writes);
         tracing::info!(elapsed = ?deadline.saturating_duration_since(Instant::now()), writes, "step returned");
-        if let Some(output) = guest.and_then(GuestStore::own_output)
-            && matches!(result, Ok(Ok(())))
-        {
+        if let Some(output) = guest.and_then(GuestStore::own_output) {
+            // The output is stored: the node is done, whatever came after.
+            let output = output.clone();
+            let warning = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(failure)) => Some(StepError::Failed(failure.into())),
+                Err(error) => Some(classify(error, &wasm, limits)),
+            };
+            if let Some(warning) = &warning {
+                tracing::warn!(error = %warning, "step stored its output, then failed; the node is done");
+            }
             return Ok(StepOutcome {
-                output: output.clone(),
+                output,
                 status: StepStatus::Ran,
+                warning,
             });
         }
         let lost_race = guest.is_some_and(GuestStore::lost_race);
@@ -493,6 +522,7 @@ impl Runtime {
                 return Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    warning: None,
                 });
             }
         }
@@ -503,6 +533,7 @@ impl Runtime {
                 Some(output) => Ok(StepOutcome {
                     output,
                     status: StepStatus::AlreadyDone,
+                    warning: None,
                 }),
                 None => Err(StepError::NoOutput),
             },
