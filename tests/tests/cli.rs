@@ -104,10 +104,6 @@ fn hostile_steps_are_one_error_line_each() {
     );
     assert!(hostile_error(r#"{"mode":"ungranted-global"}"#, &[]).contains("access denied"));
     assert!(hostile_error(r#"{"mode":"invalid-json"}"#, &[]).contains("invalid JSON"));
-    assert!(
-        hostile_error(r#"{"mode":"trap-after-put"}"#, &[])
-            .contains("trapping after a successful put")
-    );
 }
 
 #[test]
@@ -183,4 +179,21 @@ fn get_meta_shows_where_an_output_came_from() {
         provenance["ended_at"].as_i64().unwrap(),
     );
     assert!(start > 1_700_000_000_000 && start <= end, "{provenance}");
+}
+
+#[test]
+fn a_step_that_stored_its_output_then_trapped_is_done_with_a_warning_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let params = ["--params", r#"{"mode":"trap-after-put"}"#];
+    let out = run_step(components::HOSTILE, db.to_str().unwrap(), GREET, &params);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"mode\":\"trap-after-put\"}\n");
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: the step stored its output, then failed: step trapped")
+            && stderr.contains("trapping after a successful put"),
+        "{stderr}"
+    );
 }

@@ -77,6 +77,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let runtime = args.runtime.start()?;
     let component = runtime.load_file(&args.component)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
+    // The output is stored, so the node is done; a failure after the put is a warning.
+    if let Some(warning) = &outcome.warning {
+        eprintln!("warning: the step stored its output, then failed: {warning}");
+    }
     println!("{}", outcome.output);
     Ok(Outcome::Done)
 }

@@ -505,7 +505,7 @@ impl Runtime {
                 Err(error) => Some(classify(error, &wasm, limits)),
             };
             if let Some(warning) = &warning {
-                tracing::warn!(error = %warning, "step stored its output, then failed; the node is done");
+                tracing::info!(error = %warning, "step stored its output, then failed; the node is done");
             }
             return Ok(StepOutcome {
                 output,
