@@ -27,7 +27,7 @@
 //! let run = FlowRunId::new();
 //! let invocation = Invocation::new(run, NodeId::new()).with_params(json!({"name": "Ada"}));
 //! let outcome = runtime.run(&greet, &store, &invocation, &Grant::default(), &Limits::default())?;
-//! assert_eq!(outcome.output, json!({"greeting": "Hello, Ada!"}));
+//! assert_eq!(outcome.value()?, json!({"greeting": "Hello, Ada!"}));
 //! # Ok(())
 //! # }
 //! ```
