@@ -14,7 +14,7 @@ use crate::grant::Grant;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::{JsonError, JsonText};
 use crate::limits::Limits;
-use crate::store::ContextStore;
+use crate::store::{ContextStore, Provenance, provenance};
 
 /// Why a guest's store call was refused: the WIT `error` variant, host side.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -82,6 +82,8 @@ pub struct GuestStore {
     lost_race: bool,
     /// The invocation's own output, once its `put` succeeded.
     own_output: Option<JsonText>,
+    /// Stored with the invocation's own output, `ended_at` set at the put.
+    provenance: Option<Provenance>,
 }
 
 impl GuestStore {
@@ -102,7 +104,15 @@ impl GuestStore {
             writes: 0,
             lost_race: false,
             own_output: None,
+            provenance: None,
         }
+    }
+
+    /// Stores `provenance` with the invocation's own output, its
+    /// [`ended_at`](Provenance::ended_at) set to the time of the `put`.
+    pub fn with_provenance(mut self, provenance: Provenance) -> Self {
+        self.provenance = Some(provenance);
+        self
     }
 
     /// How many write calls the guest has made so far.
@@ -130,7 +140,18 @@ impl GuestStore {
             )));
         }
         let value = self.check_value(value)?;
-        match self.store.put_text(run, node, &value) {
+        let stored = match &self.provenance {
+            Some(provenance) => {
+                let provenance = Provenance {
+                    ended_at: provenance::unix_millis_now(),
+                    ..provenance.clone()
+                };
+                self.store
+                    .put_text_with_provenance(run, node, &value, &provenance)
+            }
+            None => self.store.put_text(run, node, &value),
+        };
+        match stored {
             Ok(()) => {
                 self.own_output = Some(value);
                 Ok(())

@@ -32,12 +32,21 @@
 //! # }
 //! ```
 //!
-//! The store alone, without wasmtime, is available with
-//! `default-features = false`.
+//! # Features
+//!
+//! - `runtime` (default): the wasmtime sandbox ([`Runtime`]).
+//! - `flow` (default): flow files and the flow runner ([`flow`]).
+//! - `cli` (default): the `contextstore` command-line tool.
+//! - `conformance`: the test suite every backend must pass.
+//!
+//! With `default-features = false` the crate is the store alone
+//! ([`ContextStore`], [`SqliteContextStore`], [`AtomicWriter`]): it then
+//! depends only on rusqlite, serde, serde_json, serde_stacker, thiserror,
+//! time, tracing and uuid.
 #![warn(missing_docs)]
 
 pub mod error;
-#[cfg(feature = "runtime")]
+#[cfg(feature = "flow")]
 pub mod flow;
 pub mod grant;
 pub mod guest_store;
@@ -56,4 +65,5 @@ pub use limits::Limits;
 #[cfg(feature = "runtime")]
 pub use runtime::{Invocation, Runtime, StepComponent, StepError, StepOutcome, StepStatus};
 pub use store::ContextStore;
+pub use store::atomic::{AtomicWriteError, AtomicWriter};
 pub use store::sqlite::{Durability, SqliteContextStore, SqliteOptions};

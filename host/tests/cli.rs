@@ -359,3 +359,49 @@ fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> O
     }
     child.wait_with_output().unwrap()
 }
+
+#[test]
+fn migrate_converts_a_worldinterface_database_and_prints_counts() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wi.db");
+    let conn = rusqlite::Connection::open(&path).unwrap();
+    conn.execute_batch(
+        "CREATE TABLE outputs (flow_run_id TEXT NOT NULL, node_id TEXT NOT NULL, value BLOB NOT NULL,
+             written_at TEXT NOT NULL, PRIMARY KEY (flow_run_id, node_id)) STRICT;
+         CREATE TABLE globals (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL,
+             written_at TEXT NOT NULL) STRICT;
+         INSERT INTO outputs VALUES ('67e55044-10b1-426f-9247-bb680e5fe0c8',
+             '67e55044-10b1-426f-9247-bb680e5fe0c9', CAST('{\"a\":1}' AS BLOB), '2024-05-01T12:00:00+00:00');
+         INSERT INTO globals VALUES ('k', CAST('[true]' AS BLOB), '2024-05-01T12:00:00+00:00');",
+    )
+    .unwrap();
+    drop(conn);
+    let db = path.to_str().unwrap();
+    let first = contextstore(&["migrate", "--db", db]);
+    assert_eq!(first.status.code(), Some(0), "{}", stderr(&first));
+    let said = String::from_utf8_lossy(&first.stdout);
+    assert!(
+        said.contains("converted a WorldInterface database: 1 output(s), 1 global(s)"),
+        "{said}"
+    );
+    let second = contextstore(&["migrate", "--db", db]);
+    assert!(
+        String::from_utf8_lossy(&second.stdout).contains("nothing to do"),
+        "{}",
+        String::from_utf8_lossy(&second.stdout)
+    );
+    let got = contextstore(&[
+        "get",
+        "--db",
+        db,
+        "67e55044-10b1-426f-9247-bb680e5fe0c8",
+        "67e55044-10b1-426f-9247-bb680e5fe0c9",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "{\"a\":1}\n");
+    let missing = contextstore(&[
+        "migrate",
+        "--db",
+        dir.path().join("none.db").to_str().unwrap(),
+    ]);
+    assert_one_error_line(&missing, "no such database file");
+}

@@ -106,10 +106,6 @@ fn hostile_steps_are_one_error_line_each() {
     );
     assert!(hostile_error(r#"{"mode":"ungranted-global"}"#, &[]).contains("access denied"));
     assert!(hostile_error(r#"{"mode":"invalid-json"}"#, &[]).contains("invalid JSON"));
-    assert!(
-        hostile_error(r#"{"mode":"trap-after-put"}"#, &[])
-            .contains("trapping after a successful put")
-    );
     let huge = hostile_error(r#"{"mode":"huge-failure"}"#, &[]);
     assert!(huge.len() < 5 * 1024, "{} bytes", huge.len());
     assert!(huge.contains(r"\u{1b}[2J"), "{huge:.200}");
@@ -451,4 +447,54 @@ fn a_max_json_depth_above_the_ceiling_is_refused_with_file_and_line() {
     assert!(text(&out.stderr).contains("max_json_depth 5000 is above the ceiling of 1024"));
     let (ok, _) = run_flow(dir.path(), "[nodes.greet.limits]\nmax_json_depth = 1024");
     assert!(ok.status.success(), "{}", text(&ok.stderr));
+}
+
+#[test]
+fn get_meta_shows_where_an_output_came_from() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("meta.db");
+    let db = db.to_str().unwrap();
+    let greet = run_step(
+        components::GREET,
+        db,
+        GREET,
+        &["--params", r#"{"name":"Ada"}"#],
+    );
+    assert!(greet.status.success(), "{}", text(&greet.stderr));
+    let meta = cli(&["get", "--db", db, RUN, GREET, "--meta"]);
+    assert!(meta.status.success(), "{}", text(&meta.stderr));
+    let meta: serde_json::Value = serde_json::from_slice(&meta.stdout).unwrap();
+    assert_eq!(
+        meta["value"],
+        serde_json::json!({"greeting": "Hello, Ada!"})
+    );
+    let provenance = &meta["provenance"];
+    assert_eq!(
+        provenance["component_hash"],
+        contextstore_tests::load(components::GREET).content_hash()
+    );
+    assert_eq!(provenance["attempt"], 1);
+    assert!(provenance["host"].as_str().is_some_and(|h| !h.is_empty()));
+    let (start, end) = (
+        provenance["started_at"].as_i64().unwrap(),
+        provenance["ended_at"].as_i64().unwrap(),
+    );
+    assert!(start > 1_700_000_000_000 && start <= end, "{provenance}");
+}
+
+#[test]
+fn a_step_that_stored_its_output_then_trapped_is_done_with_a_warning_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("w.db");
+    let params = ["--params", r#"{"mode":"trap-after-put"}"#];
+    let out = run_step(components::HOSTILE, db.to_str().unwrap(), GREET, &params);
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    assert_eq!(text(&out.stdout), "{\"mode\":\"trap-after-put\"}\n");
+    let stderr = text(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.starts_with("warning: the step stored its output, then failed: step trapped")
+            && stderr.contains("trapping after a successful put"),
+        "{stderr}"
+    );
 }

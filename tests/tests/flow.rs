@@ -149,3 +149,33 @@ fn loading_the_same_component_twice_compiles_once() {
         "second load compiled again"
     );
 }
+
+#[test]
+fn every_output_records_where_it_came_from() {
+    let (_dir, store) = temp_store();
+    let greet = load(components::GREET);
+    let upstream = NodeId::new();
+    let invocation = Invocation::new(FlowRunId::new(), NodeId::new())
+        .with_params(json!({"name": "Ada"}))
+        .with_upstream("unused", upstream)
+        .with_attempt(2);
+    let before = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64;
+    run_default(&greet, &store, &invocation).unwrap();
+    let provenance = store
+        .provenance(invocation.flow_run_id, invocation.node_id)
+        .unwrap()
+        .expect("provenance stored with the output");
+    assert_eq!(provenance.component_hash, greet.content_hash());
+    assert_eq!(provenance.params_hash, invocation.params_hash());
+    assert_eq!(provenance.upstream_hash, invocation.upstream_hash());
+    assert_eq!(provenance.attempt, 2);
+    assert!(!provenance.host.is_empty());
+    assert!(before <= provenance.started_at, "{provenance:?}");
+    assert!(
+        provenance.started_at <= provenance.ended_at,
+        "{provenance:?}"
+    );
+}

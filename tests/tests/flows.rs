@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
+use contextstore::flow::{self, Change, FlowError, FlowEvent, NodeResult, NodeState, RunOptions};
 use contextstore::{FlowRunId, StepStatus};
 use contextstore_tests::{cli, components, runtime, temp_store};
 use serde_json::json;
@@ -222,6 +222,17 @@ fn flow_run_and_status_from_the_command_line() {
         .map(|n| n["status"].as_str().unwrap())
         .collect();
     assert_eq!(states, ["done"; 4]);
+    let greet = &status["nodes"][0];
+    assert_eq!(greet["node"], "greet");
+    assert_eq!(
+        greet["provenance"]["component_hash"],
+        contextstore_tests::load(components::GREET).content_hash()
+    );
+    assert_eq!(greet["provenance"]["attempt"], 1);
+    assert!(
+        greet["provenance"]["ended_at"].as_i64().is_some(),
+        "{greet}"
+    );
 }
 
 #[test]
@@ -486,4 +497,208 @@ fn a_thousand_node_fan_out_fan_in_flow_runs() {
         );
     }
     assert_eq!(store.list_keys(run).unwrap().len(), MIDDLE + 2);
+}
+
+fn quietly() -> RunOptions<'static> {
+    RunOptions {
+        jobs: 2,
+        on_event: &quiet,
+    }
+}
+
+/// Runs the diamond, then tries to resume the run with `edit` applied to
+/// the flow file: the error, if the resume was refused.
+fn resume_after(edit: impl Fn(String) -> String) -> Result<(), FlowError> {
+    let (dir, store) = temp_store();
+    let first = flow::load(&write_flow(dir.path(), &diamond(""))).unwrap();
+    let run = FlowRunId::new();
+    assert!(
+        flow::run(runtime(), &store, &first, run, &quietly())
+            .unwrap()
+            .is_success()
+    );
+    let edited = flow::load(&write_flow(dir.path(), &edit(diamond("")))).unwrap();
+    flow::run(runtime(), &store, &edited, run, &quietly()).map(|report| {
+        assert!(report.is_success(), "{report:?}");
+    })
+}
+
+fn changed(result: Result<(), FlowError>) -> Vec<(String, Vec<Change>)> {
+    match result {
+        Err(FlowError::Changed { nodes, .. }) => {
+            nodes.into_iter().map(|n| (n.node, n.changes)).collect()
+        }
+        other => panic!("expected the resume to be refused, got {other:?}"),
+    }
+}
+
+#[test]
+fn resume_after_an_edited_params_value_is_refused_naming_the_node() {
+    let result = resume_after(|f| f.replace("name = \"Ada\"", "name = \"Bob\""));
+    let err = result
+        .as_ref()
+        .map_err(ToString::to_string)
+        .unwrap_err()
+        .clone();
+    assert!(err.contains("`greet` (params)"), "{err}");
+    assert_eq!(
+        changed(result),
+        [("greet".to_string(), vec![Change::Params])]
+    );
+}
+
+#[test]
+fn resume_after_an_edited_component_is_refused_naming_the_node() {
+    // `shout` now points at another component file.
+    let result = resume_after(|f| {
+        f.replacen(
+            &format!("component = \"{}\"", components::SHOUT),
+            &format!("component = \"{}\"", components::WORDS),
+            1,
+        )
+    });
+    assert_eq!(
+        changed(result),
+        [("shout".to_string(), vec![Change::Component])]
+    );
+}
+
+#[test]
+fn resume_after_a_rewired_upstream_is_refused_naming_the_node() {
+    // `join` takes `greet` where it took `words`.
+    let result = resume_after(|f| f.replace("[\"shout\", \"words\"]", "[\"shout\", \"greet\"]"));
+    assert_eq!(
+        changed(result),
+        [("join".to_string(), vec![Change::Upstream])]
+    );
+}
+
+#[test]
+fn resume_of_an_unchanged_flow_goes_on() {
+    // Same flow, other spelling of the same params: resumed, nothing rerun.
+    resume_after(|f| f.replace("{ name = \"Ada\" }", "{name=\"Ada\"}")).unwrap();
+}
+
+/// `words` stores its output, then traps; `join` depends on it.
+fn trap_after_put_flow() -> String {
+    diamond("").replace(
+        &format!(
+            "component = \"{}\"\nupstream = [\"greet\"]",
+            components::WORDS
+        ),
+        &format!(
+            "component = \"{}\"\nupstream = [\"greet\"]\nparams = {{ mode = \"trap-after-put\" }}",
+            components::HOSTILE
+        ),
+    )
+}
+
+#[test]
+fn a_step_that_stored_its_output_then_trapped_is_done_with_a_warning() {
+    let (dir, store) = temp_store();
+    let text = trap_after_put_flow();
+    assert!(text.contains("trap-after-put"));
+    let flow = flow::load(&write_flow(dir.path(), &text)).unwrap();
+    let run = FlowRunId::new();
+    let report = flow::run(runtime(), &store, &flow, run, &quietly()).unwrap();
+    assert!(report.is_success(), "{report:?}");
+    let warnings: Vec<(&str, &str)> = report.warnings().collect();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert_eq!(warnings[0].0, "words");
+    assert!(warnings[0].1.contains("trapped"), "{warnings:?}");
+    // Its dependent ran on its output.
+    let join = store
+        .get(run, flow::node_id("diamond", "join"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(join["inputs"]["words"], json!({"mode": "trap-after-put"}));
+
+    let status = flow::status(store.as_ref(), &flow, run).unwrap();
+    let words = status.iter().find(|s| s.name == "words").unwrap();
+    assert!(
+        matches!(&words.state, NodeState::DoneWithWarning(w) if w.contains("trapped")),
+        "{words:?}"
+    );
+    let greet = status.iter().find(|s| s.name == "greet").unwrap();
+    assert_eq!(greet.state, NodeState::Done);
+
+    // A resume reports the same: done, with the warning, nothing rerun.
+    let again = flow::run(runtime(), &store, &flow, run, &quietly()).unwrap();
+    assert!(again.is_success());
+    let warnings: Vec<&str> = again.warnings().map(|(name, _)| name).collect();
+    assert_eq!(warnings, ["words"]);
+}
+
+#[test]
+fn restart_starts_a_new_run_after_the_flow_changed() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("r.db");
+    let db = db.to_str().unwrap();
+    let run = "5b0c2f55-9a57-4a4e-8f3e-2f0f8f6f0b12";
+    let flow_file = write_flow(dir.path(), &diamond(""));
+    let flow_file = flow_file.to_str().unwrap();
+    let first = cli(&["flow", "run", flow_file, "--db", db, "--run-id", run]);
+    assert!(
+        first.status.success(),
+        "{}",
+        String::from_utf8_lossy(&first.stderr)
+    );
+    write_flow(dir.path(), &diamond("").replace("Ada", "Bob"));
+    let refused = cli(&["flow", "run", flow_file, "--db", db, "--run-id", run]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        stderr.contains("`greet` (params)") && stderr.contains("--restart"),
+        "{stderr}"
+    );
+    let restarted = cli(&[
+        "flow",
+        "run",
+        flow_file,
+        "--db",
+        db,
+        "--run-id",
+        run,
+        "--restart",
+    ]);
+    assert!(
+        restarted.status.success(),
+        "{}",
+        String::from_utf8_lossy(&restarted.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&restarted.stderr);
+    assert!(stderr.contains(&format!("(restarting {run})")), "{stderr}");
+    let outputs: serde_json::Value = serde_json::from_slice(&restarted.stdout).unwrap();
+    assert_eq!(outputs["greet"], json!({"greeting": "Hello, Bob!"}));
+}
+
+#[test]
+fn trap_after_put_from_the_command_line_exits_0_with_a_warning() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow_file = write_flow(dir.path(), &trap_after_put_flow());
+    let db = dir.path().join("w.db");
+    let (flow_file, db) = (flow_file.to_str().unwrap(), db.to_str().unwrap());
+    let run = "5b0c2f55-9a57-4a4e-8f3e-2f0f8f6f0b13";
+    let out = cli(&["flow", "run", flow_file, "--db", db, "--run-id", run]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: node `words` stored its output, then failed: step trapped"),
+        "{stderr}"
+    );
+    let status = cli(&[
+        "flow", "status", flow_file, "--db", db, "--run-id", run, "--json",
+    ]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let words = &status["nodes"][2];
+    assert_eq!(words["node"], "words");
+    assert_eq!(words["status"], "done");
+    assert!(
+        words["warning"].as_str().unwrap().contains("trapped"),
+        "{words}"
+    );
 }

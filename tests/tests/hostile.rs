@@ -162,9 +162,12 @@ fn memory_hog_runs_out_of_memory() {
 #[test]
 fn trap_after_put_keeps_the_output_and_a_retry_returns_it() {
     let case = case(json!({"mode": "trap-after-put"}));
-    let err = case.run_default().unwrap_err();
-    let StepError::Trap { stderr, .. } = &err else {
-        panic!("expected a trap, got {err:?}")
+    // The output is stored, so the node is done; the trap is its warning.
+    let done = case.run_default().unwrap();
+    assert_eq!(done.status, StepStatus::Ran);
+    assert_eq!(done.value().unwrap(), json!({"mode": "trap-after-put"}));
+    let Some(StepError::Trap { stderr, .. }) = &done.warning else {
+        panic!("expected a trap as the warning, got {:?}", done.warning)
     };
     assert!(
         stderr.contains("trapping after a successful put"),
@@ -509,7 +512,7 @@ fn tail(text: &str) -> &str {
 fn journal_entry(case: &Case) -> (NodeId, String) {
     let other = NodeId::new();
     let run = case.invocation.flow_run_id;
-    journal::record_failure(&*case.store, run, other, "the real failure").unwrap();
+    journal::record_failure(&*case.store, run, other, "the real failure", 1).unwrap();
     (other, format!("{}{run}/{other}", journal::JOURNAL_PREFIX))
 }
 
@@ -561,8 +564,8 @@ fn journal_write_is_denied_whatever_the_grant() {
     assert_eq!(
         journal::failure(&*case.store, run, other)
             .unwrap()
-            .as_deref(),
-        Some("the real failure")
+            .map(|f| f.error),
+        Some("the real failure".to_owned())
     );
     assert_eq!(case.store.get_global_text(&fresh).unwrap(), None);
 }

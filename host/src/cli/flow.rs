@@ -29,9 +29,15 @@ pub struct RunArgs {
     db: DbArgs,
     #[command(flatten)]
     runtime: RuntimeArgs,
-    /// The run to resume; a new run id is made (and printed on stderr) when omitted.
+    /// The run to resume; a new run id is made (and printed on stderr) when
+    /// omitted. A run whose outputs were written by another version of the
+    /// flow (component, params or upstream changed) is refused.
     #[arg(long, value_name = "UUID")]
     run_id: Option<FlowRunId>,
+    /// Start a new run (its id printed on stderr) instead of resuming
+    /// `--run-id`: what to do after the flow changed.
+    #[arg(long, requires = "run_id")]
+    restart: bool,
     /// Most nodes running at once (default: the number of cores).
     #[arg(long, value_name = "N")]
     jobs: Option<usize>,
@@ -68,17 +74,25 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let flow = flow::load(&args.flow)?;
     let store = args.db.open()?;
     let runtime = args.runtime.start()?;
-    let run_id = args.run_id.unwrap_or_else(|| {
-        let id = FlowRunId::new();
-        output::note(format_args!("flow run: {id}"));
-        id
-    });
+    let run_id = match args.run_id {
+        Some(old) if args.restart => {
+            let id = FlowRunId::new();
+            output::note(format_args!("flow run: {id} (restarting {old})"));
+            id
+        }
+        Some(id) => id,
+        None => {
+            let id = FlowRunId::new();
+            output::note(format_args!("flow run: {id}"));
+            id
+        }
+    };
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let progress = Progress::new(args.events);
     let on_event = |event: &FlowEvent<'_>| progress.show(event);
-    let report = flow::run(
+    let report = match flow::run(
         &runtime,
         &store,
         &flow,
@@ -87,7 +101,15 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             jobs,
             on_event: &on_event,
         },
-    )?;
+    ) {
+        Err(error @ flow::FlowError::Changed { .. }) => {
+            bail!("{error}; pass --restart to start a new run")
+        }
+        other => other?,
+    };
+    for (node, warning) in report.warnings() {
+        eprintln!("warning: node `{node}` stored its output, then failed: {warning}");
+    }
 
     if let Some((node, error)) = report.failures().next() {
         let blocked = report
@@ -127,7 +149,19 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             .iter()
             .map(|n| {
                 let (state, error) = state_parts(&n.state);
-                json!({"node": n.name, "node_id": n.node_id, "status": state, "output_bytes": n.output_bytes, "error": error})
+                let warned = match &n.state {
+                    NodeState::DoneWithWarning(warning) => Some(warning),
+                    _ => None,
+                };
+                json!({
+                    "node": n.name,
+                    "node_id": n.node_id,
+                    "status": state,
+                    "output_bytes": n.output_bytes,
+                    "error": error.filter(|_| warned.is_none()),
+                    "warning": warned,
+                    "provenance": n.provenance,
+                })
             })
             .collect();
         output::line(serde_json::to_string_pretty(
@@ -143,7 +177,10 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         ))?;
         for n in &nodes {
             let (state, error) = state_parts(&n.state);
-            let detail = error.unwrap_or_default();
+            let detail = match (&n.state, error) {
+                (NodeState::DoneWithWarning(_), Some(warning)) => format!("warning: {warning}"),
+                (_, error) => error.unwrap_or_default().to_owned(),
+            };
             let bytes = n
                 .output_bytes
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
@@ -158,10 +195,12 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     Ok(Outcome::Done)
 }
 
-/// A node state as its status word and, for a failed node, the error.
+/// A node state as its status word and, for a failed node or a node done
+/// with a warning, the error.
 fn state_parts(state: &NodeState) -> (&'static str, Option<&str>) {
     match state {
         NodeState::Done => ("done", None),
+        NodeState::DoneWithWarning(warning) => ("done", Some(warning)),
         NodeState::Pending => ("pending", None),
         NodeState::Failed(error) => ("failed", Some(error)),
     }
@@ -210,9 +249,11 @@ impl Progress {
                     node,
                     status: StepStatus::Ran,
                     elapsed,
+                    warning,
                     ..
                 } => {
-                    format!("  done     {}  ({:.1?})", node.name, elapsed)
+                    let warned = warning.map_or_else(String::new, |w| format!(" warning: {w}"));
+                    format!("  done     {}  ({:.1?}){warned}", node.name, elapsed)
                 }
                 FlowEvent::Finished {
                     node,
@@ -236,6 +277,7 @@ impl Progress {
                     node,
                     status,
                     output,
+                    warning,
                     elapsed,
                 } => json!({
                     "event": "done",
@@ -243,6 +285,7 @@ impl Progress {
                     "node_id": node.node_id,
                     "ran": *status == StepStatus::Ran,
                     "output": output,
+                    "warning": warning,
                     "ms": elapsed.as_secs_f64() * 1e3,
                 }),
                 FlowEvent::Failed { node, error, .. } => {

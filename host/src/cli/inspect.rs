@@ -18,6 +18,10 @@ pub struct GetArgs {
     flow_run: FlowRunId,
     /// The node id (hyphenated UUID).
     node: NodeId,
+    /// Print `{"value": …, "provenance": …}`: the output with where it came
+    /// from (`null` for an output stored without provenance).
+    #[arg(long)]
+    meta: bool,
 }
 
 /// `contextstore list`.
@@ -64,6 +68,20 @@ pub fn get(args: GetArgs) -> anyhow::Result<Outcome> {
     let store = args.db.open_read_only()?;
     // The stored text as written, byte for byte.
     match store.get_text(args.flow_run, args.node)? {
+        Some(text) if args.meta => {
+            /// An output with where it came from.
+            #[derive(serde::Serialize)]
+            struct Meta<'a> {
+                value: &'a JsonText,
+                provenance: Option<contextstore::store::provenance::Provenance>,
+            }
+            let provenance = store.provenance(args.flow_run, args.node)?;
+            let meta = Meta {
+                value: &text,
+                provenance,
+            };
+            output::line(serde_json::to_string(&meta)?).map(|()| Outcome::Done)
+        }
         Some(text) => output::line(text).map(|()| Outcome::Done),
         None => {
             output::note(format_args!(

@@ -13,6 +13,7 @@ use contextstore::{ContextStore, SqliteContextStore, SqliteOptions};
 
 mod flow;
 mod inspect;
+mod migrate;
 mod new;
 mod output;
 mod run;
@@ -52,6 +53,9 @@ enum Command {
     /// Run flows of steps from a TOML flow file, and show their status.
     #[command(subcommand)]
     Flow(flow::FlowCommand),
+    /// Bring a database to this build's schema in place, converting a
+    /// WorldInterface database (opening it for writing does the same).
+    Migrate(migrate::MigrateArgs),
 }
 
 /// Where the SQLite database lives. The one place that opens stores.
@@ -121,6 +125,7 @@ pub fn main() -> ExitCode {
         Command::List(args) => inspect::list(args),
         Command::Global(command) => inspect::global(command),
         Command::Flow(command) => flow::flow(command),
+        Command::Migrate(args) => migrate::migrate(args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

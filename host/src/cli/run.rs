@@ -147,6 +147,12 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let runtime = args.runtime.start()?;
     let component = runtime.load_file(&args.component)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
+    // The output is stored, so the node is done; a failure after the put is a warning.
+    if let Some(warning) = &outcome.warning {
+        output::note(format_args!(
+            "warning: the step stored its output, then failed: {warning}"
+        ));
+    }
     if args.trace && !outcome.stderr.is_empty() {
         output::note(format_args!("stderr:"));
         for line in outcome.stderr.lines() {

@@ -1,11 +1,16 @@
-//! The flow journal: why a node failed, kept in the store beside the
-//! outputs, so that `flow status` can tell failed nodes from pending ones.
+//! The flow journal: why a node's attempt failed, kept in the store beside
+//! the outputs, so that `flow status` can tell failed nodes from pending
+//! ones, and a node that stored its output and then failed is shown done
+//! with a warning.
 //!
-//! Failures are globals under [`JOURNAL_PREFIX`]
+//! Entries are globals under [`JOURNAL_PREFIX`]
 //! (`contextstore.flow/<run id>/<node id>`), written by the host with
-//! `upsert_global`. A node whose output exists is done, whatever the journal
-//! says. Steps never see these keys: the prefix is under
-//! [`RESERVED_PREFIX`](crate::grant::RESERVED_PREFIX), which no grant reaches.
+//! `upsert_global`: `{"status": "failed", "error": …, "attempt": n}`, the
+//! last failed attempt. A node whose output exists is done, whatever the
+//! journal says; the entry is then a warning if the same attempt wrote the
+//! output (its provenance names the attempt). Steps never see these keys:
+//! the prefix is under [`RESERVED_PREFIX`](crate::grant::RESERVED_PREFIX),
+//! which no grant reaches.
 
 use serde_json::{Value, json};
 
@@ -24,32 +29,65 @@ fn key(run: FlowRunId, node: NodeId) -> String {
 /// Most bytes of an error kept in a journal entry (before `…`).
 pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
 
-/// Records that `node` failed in `run`, and why. The error (which may
-/// quote the step) is kept as one line of at most [`MAX_ENTRY_BYTES`], with
-/// control characters and escape sequences neutralised.
+/// The last failed attempt at a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Failure {
+    /// Why it failed: safe to print, whatever the entry holds.
+    pub error: String,
+    /// Which attempt it was (1 for entries written before attempts were counted).
+    pub attempt: u32,
+}
+
+/// Records that attempt `attempt` at `node` failed in `run`, and why. The
+/// error (which may quote the step) is kept as one line of at most
+/// [`MAX_ENTRY_BYTES`], with control characters and escape sequences
+/// neutralised.
 pub fn record_failure(
     store: &dyn ContextStore,
     run: FlowRunId,
     node: NodeId,
     error: &str,
+    attempt: u32,
 ) -> Result<(), ContextStoreError> {
     store.upsert_global(
         &key(run, node),
-        &json!({ "status": "failed", "error": for_terminal(error, MAX_ENTRY_BYTES) }),
+        &json!({ "status": "failed", "error": for_terminal(error, MAX_ENTRY_BYTES), "attempt": attempt }),
     )
 }
 
-/// Why `node` last failed in `run`, if it did: safe to print, whatever the
-/// entry holds.
+/// The last failed attempt at `node` in `run`, if one failed.
 pub fn failure(
     store: &dyn ContextStore,
     run: FlowRunId,
     node: NodeId,
+) -> Result<Option<Failure>, ContextStoreError> {
+    Ok(store.get_global(&key(run, node))?.and_then(|entry| {
+        let Some(Value::String(error)) = entry.get("error") else {
+            return None;
+        };
+        let attempt = entry
+            .get("attempt")
+            .and_then(Value::as_u64)
+            .and_then(|a| u32::try_from(a).ok())
+            .unwrap_or(1);
+        Some(Failure {
+            error: for_terminal(error, MAX_ENTRY_BYTES),
+            attempt,
+        })
+    }))
+}
+
+/// The failure of the attempt that stored `node`'s output, if that attempt
+/// failed after its `put`: the node's warning. `None` when the output was
+/// stored without provenance (nothing ties it to an attempt).
+pub fn warning(
+    store: &dyn ContextStore,
+    run: FlowRunId,
+    node: NodeId,
 ) -> Result<Option<String>, ContextStoreError> {
-    Ok(store
-        .get_global(&key(run, node))?
-        .and_then(|entry| match entry.get("error") {
-            Some(Value::String(error)) => Some(for_terminal(error, MAX_ENTRY_BYTES)),
-            _ => None,
-        }))
+    let Some(failure) = failure(store, run, node)? else {
+        return Ok(None);
+    };
+    let wrote = store.provenance(run, node)?.map(|p| p.attempt);
+    Ok((wrote == Some(failure.attempt)).then_some(failure.error))
 }

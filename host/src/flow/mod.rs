@@ -8,16 +8,19 @@ use serde_json::Value;
 use uuid::Uuid;
 
 use crate::grant::Grant;
-use crate::id::NodeId;
+use crate::id::{FlowRunId, NodeId};
 use crate::limits::Limits;
+use crate::runtime::Invocation;
 
 mod file;
 pub mod journal;
+mod resume;
 mod runner;
 mod status;
 
 pub use file::{load, parse};
 pub use journal::JOURNAL_PREFIX;
+pub use resume::{Change, ChangedNode, check_unchanged};
 pub use runner::{FlowEvent, FlowReport, NodeResult, RunOptions, run};
 pub use status::{NodeState, NodeStatus, status};
 
@@ -72,6 +75,20 @@ impl Flow {
     /// [`FlowNode::upstream_index`]).
     pub fn index_of(&self, name: &str) -> Option<usize> {
         self.nodes.iter().position(|n| n.name == name)
+    }
+
+    /// The invocation of node `i` in `flow_run_id`: its params, and its
+    /// upstream nodes by name, in the order the flow lists them.
+    pub fn invocation(&self, i: usize, flow_run_id: FlowRunId) -> Invocation {
+        let node = &self.nodes[i];
+        let mut invocation =
+            Invocation::new(flow_run_id, node.node_id).with_params(node.params.clone());
+        for (up, &u) in node.upstream.iter().zip(&node.upstream_index) {
+            if let Some(upstream) = self.nodes.get(u) {
+                invocation = invocation.with_upstream(up.clone(), upstream.node_id);
+            }
+        }
+        invocation
     }
 
     /// For each node, the indexes of the nodes that list it as upstream.
@@ -164,6 +181,18 @@ pub enum FlowError {
         node: String,
         /// Why loading failed.
         source: crate::runtime::LoadError,
+    },
+    /// The run has outputs that the flow as it is now would not have
+    /// written: resuming it would mix two flows. Start a new run instead.
+    #[error(
+        "cannot resume run {flow_run_id}: the flow changed since these nodes stored their outputs: {}",
+        nodes.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")
+    )]
+    Changed {
+        /// The run.
+        flow_run_id: FlowRunId,
+        /// The changed nodes, in file order.
+        nodes: Vec<ChangedNode>,
     },
     /// The store failed outside of any step.
     #[error(transparent)]

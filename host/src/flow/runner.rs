@@ -12,9 +12,9 @@ use std::time::{Duration, Instant};
 
 use crate::json::JsonText;
 
-use super::{Flow, FlowError, FlowNode, journal};
+use super::{Flow, FlowError, FlowNode, journal, resume::check_unchanged};
 use crate::id::FlowRunId;
-use crate::runtime::{Invocation, Runtime, StepComponent, StepError, StepStatus};
+use crate::runtime::{Runtime, StepComponent, StepError, StepStatus};
 use crate::store::ContextStore;
 
 /// Something that happened to a node, as it happens (from worker threads).
@@ -33,6 +33,8 @@ pub enum FlowEvent<'a> {
         status: StepStatus,
         /// The node's stored output.
         output: &'a JsonText,
+        /// How the step failed after storing its output, if it did.
+        warning: Option<&'a str>,
         /// How long the invocation took.
         elapsed: Duration,
     },
@@ -71,6 +73,9 @@ pub enum NodeResult {
         status: StepStatus,
         /// The output.
         output: JsonText,
+        /// How the step failed after storing its output (now, or in the
+        /// attempt that stored it), if it did: the node is done all the same.
+        warning: Option<String>,
         /// How long the invocation took.
         elapsed: Duration,
     },
@@ -100,6 +105,17 @@ impl FlowReport {
             .all(|(_, r)| matches!(r, NodeResult::Done { .. }))
     }
 
+    /// The nodes that are done with a warning, with the warning.
+    pub fn warnings(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.results.iter().filter_map(|(name, r)| match r {
+            NodeResult::Done {
+                warning: Some(warning),
+                ..
+            } => Some((name.as_str(), warning.as_str())),
+            _ => None,
+        })
+    }
+
     /// The failed nodes with their errors.
     pub fn failures(&self) -> impl Iterator<Item = (&str, &StepError)> {
         self.results.iter().filter_map(|(name, r)| match r {
@@ -119,7 +135,13 @@ struct Board {
 }
 
 /// Runs (or resumes) `flow` as run `flow_run_id`. Components are loaded
-/// first, so a broken one fails the run before any step runs.
+/// first, so a broken one fails the run before any step runs. A run whose
+/// stored outputs the flow as it is now would not have written is refused
+/// ([`FlowError::Changed`]) before any step runs.
+///
+/// A node is done if and only if its output is stored: a step that stored
+/// its output and then failed is [`NodeResult::Done`] with a warning (its
+/// failure is journaled), and its dependents run.
 ///
 /// A panic while a node runs (in the host or the store) fails that node
 /// with [`StepError::Panicked`]; a panic in [`RunOptions::on_event`] starts
@@ -153,6 +175,7 @@ pub fn run(
         };
         components.push(component);
     }
+    check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
     let ready = (0..flow.nodes.len())
@@ -310,13 +333,12 @@ impl Worker<'_> {
     fn run_node(&self, i: usize) -> NodeResult {
         let node = &self.flow.nodes[i];
         self.emit(&FlowEvent::Started { node });
-        let mut invocation =
-            Invocation::new(self.flow_run_id, node.node_id).with_params(node.params.clone());
-        for (up, &u) in node.upstream.iter().zip(&node.upstream_index) {
-            if let Some(upstream) = self.flow.nodes.get(u) {
-                invocation = invocation.with_upstream(up.clone(), upstream.node_id);
-            }
-        }
+        let store = self.store.as_ref();
+        let attempt = self.attempt(node);
+        let invocation = self
+            .flow
+            .invocation(i, self.flow_run_id)
+            .with_attempt(attempt);
         let started = Instant::now();
         let result = self.runtime.run(
             &self.components[i],
@@ -328,26 +350,58 @@ impl Worker<'_> {
         let elapsed = started.elapsed();
         match result {
             Ok(outcome) => {
+                let warning = match (&outcome.warning, outcome.status) {
+                    (Some(failure), _) => {
+                        self.journal_failure(i, failure, attempt);
+                        Some(failure.to_string())
+                    }
+                    // Done earlier: the attempt that stored it may have failed after.
+                    (None, StepStatus::AlreadyDone) => journal::warning(
+                        store,
+                        self.flow_run_id,
+                        node.node_id,
+                    )
+                    .unwrap_or_else(|error| {
+                        tracing::warn!(node = %node.name, %error, "could not read the journal");
+                        None
+                    }),
+                    (None, StepStatus::Ran) => None,
+                };
                 self.emit(&FlowEvent::Finished {
                     node,
                     status: outcome.status,
                     output: &outcome.output,
+                    warning: warning.as_deref(),
                     elapsed,
                 });
                 NodeResult::Done {
                     status: outcome.status,
                     output: outcome.output,
+                    warning,
                     elapsed,
                 }
             }
             Err(error) => {
-                self.journal_failure(i, &error);
+                self.journal_failure(i, &error, attempt);
                 self.emit(&FlowEvent::Failed {
                     node,
                     error: &error,
                     elapsed,
                 });
                 NodeResult::Failed(error)
+            }
+        }
+    }
+
+    /// This attempt's number at `node`: one more than the last failed
+    /// attempt in the journal (1 when none failed, or the journal cannot
+    /// be read).
+    fn attempt(&self, node: &FlowNode) -> u32 {
+        match journal::failure(self.store.as_ref(), self.flow_run_id, node.node_id) {
+            Ok(failed) => failed.map_or(1, |f| f.attempt.saturating_add(1)),
+            Err(error) => {
+                tracing::warn!(node = %node.name, %error, "could not read the journal; counting this as attempt 1");
+                1
             }
         }
     }
@@ -359,7 +413,7 @@ impl Worker<'_> {
         let message = panic_message(payload);
         tracing::error!(node = %node.name, %message, "panic while running a node");
         let error = StepError::Panicked(message);
-        self.journal_failure(i, &error);
+        self.journal_failure(i, &error, self.attempt(node));
         self.emit(&FlowEvent::Failed {
             node,
             error: &error,
@@ -370,7 +424,7 @@ impl Worker<'_> {
 
     /// Records node `i`'s failure in the run's journal; a journal that
     /// cannot be written is logged, not fatal.
-    fn journal_failure(&self, i: usize, error: &StepError) {
+    fn journal_failure(&self, i: usize, error: &StepError, attempt: u32) {
         let node = &self.flow.nodes[i];
         let recorded = catch_unwind(AssertUnwindSafe(|| {
             journal::record_failure(
@@ -378,6 +432,7 @@ impl Worker<'_> {
                 self.flow_run_id,
                 node.node_id,
                 &error.to_string(),
+                attempt,
             )
         }));
         match recorded {

@@ -3,14 +3,16 @@
 use super::{Flow, journal};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
-use crate::json;
-use crate::store::ContextStore;
+use crate::store::{ContextStore, Provenance};
 
 /// Where a node stands in a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum NodeState {
     /// Its output is stored.
     Done,
+    /// Its output is stored, but the step failed after storing it (the
+    /// journal's error): done, with a warning.
+    DoneWithWarning(String),
     /// No output, no recorded failure: not run yet (or interrupted).
     Pending,
     /// No output, and its last attempt failed with this error.
@@ -28,6 +30,8 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// The size of its output as JSON text, when done.
     pub output_bytes: Option<usize>,
+    /// Where its output came from, when done and recorded.
+    pub provenance: Option<Provenance>,
 }
 
 /// The status of every node of `flow` in run `flow_run_id`, in file order.
@@ -39,21 +43,28 @@ pub fn status(
     flow.nodes
         .iter()
         .map(|node| {
-            let (state, output_bytes) = match store.get(flow_run_id, node.node_id)? {
-                Some(output) => {
-                    let bytes = json::to_text(&output).map_or(0, |text| text.len());
-                    (NodeState::Done, Some(bytes))
-                }
+            let (state, output_bytes) = match store.get_text(flow_run_id, node.node_id)? {
+                Some(output) => match journal::warning(store, flow_run_id, node.node_id)? {
+                    Some(warning) => (NodeState::DoneWithWarning(warning), Some(output.len())),
+                    None => (NodeState::Done, Some(output.len())),
+                },
                 None => match journal::failure(store, flow_run_id, node.node_id)? {
-                    Some(error) => (NodeState::Failed(error), None),
+                    Some(failure) => (NodeState::Failed(failure.error), None),
                     None => (NodeState::Pending, None),
                 },
+            };
+            let provenance = match state {
+                NodeState::Done | NodeState::DoneWithWarning(_) => {
+                    store.provenance(flow_run_id, node.node_id)?
+                }
+                _ => None,
             };
             Ok(NodeStatus {
                 name: node.name.clone(),
                 node_id: node.node_id,
                 state,
                 output_bytes,
+                provenance,
             })
         })
         .collect()

@@ -15,7 +15,7 @@ use crate::grant::Grant;
 use crate::guest_store::GuestStore;
 use crate::json::JsonText;
 use crate::limits::Limits;
-use crate::store::{ContextStore, deadline};
+use crate::store::{ContextStore, Provenance, deadline, provenance};
 use crate::text::{self, MAX_MESSAGE_BYTES};
 
 mod bindings;
@@ -150,7 +150,7 @@ pub enum StepStatus {
 }
 
 /// The result of a successful invocation.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Debug)]
 pub struct StepOutcome {
     /// The node's stored output, as the exact text stored.
     pub output: JsonText,
@@ -159,6 +159,10 @@ pub struct StepOutcome {
     /// The end of what the step wrote to stderr (the last 16 KiB); empty
     /// when it wrote nothing or did not run.
     pub stderr: String,
+    /// How the step failed after it stored its output (it trapped, returned
+    /// an error or ran out of time after its `put`). The output stands and
+    /// the node is done; the failure is reported beside it.
+    pub warning: Option<StepError>,
 }
 
 impl StepOutcome {
@@ -615,7 +619,17 @@ impl Runtime {
             Ok(result) => result,
             Err(_elapsed) => {
                 tracing::info!(elapsed = ?started.elapsed(), "step timed out");
-                Err(StepError::Timeout(limits.timeout))
+                // A step that stored its output before its time ran out is done.
+                let look = Instant::now() + Duration::from_secs(1);
+                match deadline::with_deadline(look, || store.get_text(run_id, node_id)) {
+                    Ok(Some(output)) => Ok(StepOutcome {
+                        output,
+                        status: StepStatus::Ran,
+                        stderr: String::new(),
+                        warning: Some(StepError::Timeout(limits.timeout)),
+                    }),
+                    _ => Err(StepError::Timeout(limits.timeout)),
+                }
             }
         }
     }
@@ -629,6 +643,7 @@ impl Runtime {
             deadline,
             ..
         } = *call;
+        let started_at = provenance::unix_millis_now();
         let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
@@ -640,6 +655,7 @@ impl Runtime {
                 output,
                 status: StepStatus::AlreadyDone,
                 stderr: String::new(),
+                warning: None,
             });
         }
         let metering = match limits.fuel {
@@ -658,7 +674,7 @@ impl Runtime {
             self.preferred(metering).on_demand()
         };
         let (mut kind, pre) = self.pre_for(component, wanted)?;
-        let mut wasm = self.new_store(kind, call)?;
+        let mut wasm = self.new_store(kind, call, started_at)?;
         let instance = match pre.instantiate_async(&mut wasm).await {
             Err(error)
                 if kind.allocation == Allocation::Pool && pool::is_pool_exhausted(&error) =>
@@ -667,7 +683,7 @@ impl Runtime {
                 tracing::debug!(%error, "instance pool exhausted; instantiating on demand");
                 let (on_demand, pre) = self.pre_for(component, kind.on_demand())?;
                 kind = on_demand;
-                wasm = self.new_store(kind, call)?;
+                wasm = self.new_store(kind, call, started_at)?;
                 pre.instantiate_async(&mut wasm).await
             }
             other => other,
@@ -681,13 +697,22 @@ impl Runtime {
         let guest = wasm.data().guest.as_ref();
         let writes = guest.map_or(0, GuestStore::writes);
         tracing::info!(elapsed = ?deadline.saturating_duration_since(Instant::now()), writes, "step returned");
-        if let Some(output) = guest.and_then(GuestStore::own_output)
-            && matches!(result, Ok(Ok(())))
-        {
+        if let Some(output) = guest.and_then(GuestStore::own_output) {
+            // The output is stored: the node is done, whatever came after.
+            let output = output.clone();
+            let warning = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(failure)) => Some(StepError::Failed(failure.into())),
+                Err(error) => Some(classify(error, &wasm, limits)),
+            };
+            if let Some(warning) = &warning {
+                tracing::info!(error = %warning, "step stored its output, then failed; the node is done");
+            }
             return Ok(StepOutcome {
-                output: output.clone(),
+                output,
                 status: StepStatus::Ran,
                 stderr: wasm.data().stderr.contents(),
+                warning,
             });
         }
         let lost_race = guest.is_some_and(GuestStore::lost_race);
@@ -700,6 +725,7 @@ impl Runtime {
                     output,
                     status: StepStatus::AlreadyDone,
                     stderr: wasm.data().stderr.contents(),
+                    warning: None,
                 });
             }
         }
@@ -711,6 +737,7 @@ impl Runtime {
                     output,
                     status: StepStatus::AlreadyDone,
                     stderr: wasm.data().stderr.contents(),
+                    warning: None,
                 }),
                 None => Err(StepError::NoOutput),
             },
@@ -735,8 +762,14 @@ impl Runtime {
     /// A fresh wasmtime store for one invocation, on the engine of `kind`:
     /// a WASI context with nothing opened and stderr kept in a ring, the
     /// guest's view of `store`, the limiter, fuel and the epoch deadline.
-    fn new_store(&self, kind: EngineKind, call: &Call<'_>) -> Result<Store<StepState>, StepError> {
+    fn new_store(
+        &self,
+        kind: EngineKind,
+        call: &Call<'_>,
+        started_at: i64,
+    ) -> Result<Store<StepState>, StepError> {
         let Call {
+            component,
             store,
             invocation,
             grant,
@@ -750,13 +783,24 @@ impl Runtime {
             wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
             table: ResourceTable::new(),
             limiter: GuestLimiter::new(limits),
-            guest: Some(GuestStore::new(
-                store.clone(),
-                invocation.flow_run_id,
-                invocation.node_id,
-                grant.clone(),
-                limits.clone(),
-            )),
+            guest: Some(
+                GuestStore::new(
+                    store.clone(),
+                    invocation.flow_run_id,
+                    invocation.node_id,
+                    grant.clone(),
+                    limits.clone(),
+                )
+                .with_provenance(Provenance {
+                    component_hash: component.content_hash(),
+                    params_hash: invocation.params_hash(),
+                    upstream_hash: invocation.upstream_hash(),
+                    attempt: invocation.attempt,
+                    host: host_name().to_owned(),
+                    started_at,
+                    ended_at: started_at,
+                }),
+            ),
             stderr,
             deadline,
             writes,
@@ -790,6 +834,12 @@ struct Call<'a> {
 /// neutralised (stderr is captured as its last 16 KiB; escaping its control
 /// characters can make it longer).
 const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// This machine's host name, read once.
+fn host_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
 
 /// A deadline for a timeout too long to add to now: practically never.
 fn far_future() -> Instant {

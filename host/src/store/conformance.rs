@@ -33,7 +33,7 @@ macro_rules! conformance_tests {
             list_keys_is_scoped_to_one_run, values_round_trip_exactly,
             any_string_is_a_global_key, racing_puts_have_one_winner,
             racing_put_globals_have_one_winner, parallel_puts_all_land,
-            arbitrary_values_round_trip);
+            arbitrary_values_round_trip, provenance_is_kept_with_the_first_value);
     };
     (@tests $make:expr; $($name:ident),*) => {
         $(
@@ -323,4 +323,40 @@ pub fn arbitrary_values_round_trip<S: ContextStore>(store: Arc<S>) {
         store.upsert_global(&key, &value).unwrap();
         prop_assert_eq!(store.get_global(&key).unwrap(), Some(value));
     });
+}
+
+/// An output written with provenance reads back with exactly that
+/// provenance; a second write (with other provenance) changes neither; an
+/// output written by `put` has none.
+pub fn provenance_is_kept_with_the_first_value<S: ContextStore>(store: Arc<S>) {
+    use crate::json::JsonText;
+    use crate::store::Provenance;
+    let (run, node) = ids();
+    let first = Provenance {
+        component_hash: "c".repeat(64),
+        params_hash: "p".repeat(64),
+        upstream_hash: "u".repeat(64),
+        attempt: 3,
+        host: "worker-7".into(),
+        started_at: 1_714_566_896_123,
+        ended_at: 1_714_566_897_000,
+    };
+    let value = JsonText::from_stored("{\"n\":1.50}".into());
+    store
+        .put_text_with_provenance(run, node, &value, &first)
+        .unwrap();
+    let second = Provenance {
+        attempt: 4,
+        ..first.clone()
+    };
+    assert!(matches!(
+        store.put_text_with_provenance(run, node, &JsonText::from_stored("2".into()), &second),
+        Err(ContextStoreError::AlreadyExists { .. })
+    ));
+    assert_eq!(store.provenance(run, node).unwrap(), Some(first));
+    assert_eq!(store.get_text(run, node).unwrap(), Some(value));
+    let plain = NodeId::new();
+    store.put(run, plain, &json!(1)).unwrap();
+    assert_eq!(store.provenance(run, plain).unwrap(), None);
+    assert_eq!(store.provenance(run, NodeId::new()).unwrap(), None);
 }

@@ -5,11 +5,15 @@ use serde_json::Value;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+pub use provenance::Provenance;
 
+pub mod atomic;
 pub mod deadline;
+pub mod provenance;
 pub mod recording;
 mod schema;
 pub mod sqlite;
+pub mod worldinterface;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
@@ -60,6 +64,34 @@ pub trait ContextStore: Send + Sync {
 
     /// Reads a global value as the exact text written; `None` if not yet written.
     fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError>;
+
+    /// Writes a node's output with where it came from. Write-once, as
+    /// [`put_text`](Self::put_text); the provenance is stored only with the
+    /// value that wins. The default stores the value and drops the
+    /// provenance: a backend that keeps it overrides this and
+    /// [`provenance`](Self::provenance) together.
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        let _ = provenance;
+        self.put_text(flow_run_id, node_id, value)
+    }
+
+    /// Where a node's output came from: `None` if there is no output, or it
+    /// was written without provenance (by `put`, or before provenance was
+    /// recorded). The default knows none.
+    fn provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        let _ = (flow_run_id, node_id);
+        Ok(None)
+    }
 
     /// Writes a node's output. Write-once, as [`put_text`](Self::put_text).
     fn put(

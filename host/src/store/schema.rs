@@ -2,6 +2,7 @@
 
 use rusqlite::{Connection, TransactionBehavior};
 
+use super::worldinterface::{self, MigrationReport};
 use crate::error::ContextStoreError;
 
 /// Marks a file as a contextstore database (`PRAGMA application_id`): "ctxs".
@@ -24,6 +25,15 @@ const MIGRATIONS: &[&str] = &[
         value      TEXT NOT NULL,
         written_at INTEGER NOT NULL
     ) STRICT;",
+    // 2: provenance beside each output (NULL for outputs written without
+    // it). Hashes are BLAKE3 in hex; times are Unix milliseconds.
+    "ALTER TABLE outputs ADD COLUMN component_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN params_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN upstream_hash TEXT;
+    ALTER TABLE outputs ADD COLUMN attempt INTEGER;
+    ALTER TABLE outputs ADD COLUMN host TEXT;
+    ALTER TABLE outputs ADD COLUMN started_at INTEGER;
+    ALTER TABLE outputs ADD COLUMN ended_at INTEGER;",
 ];
 
 /// The schema version this build writes.
@@ -32,8 +42,14 @@ pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 /// Brings the database up to [`CURRENT_VERSION`], in one transaction.
 ///
 /// Refuses files that belong to another application and files written by
-/// a newer build, rather than guessing.
+/// a newer build, rather than guessing. A WorldInterface database is
+/// converted (see [`worldinterface`]).
 pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
+    migrate_reporting(conn).map(drop)
+}
+
+/// [`migrate`], saying what it did.
+pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, ContextStoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let app: i64 = tx.pragma_query_value(None, "application_id", |row| row.get(0))?;
     let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
@@ -42,6 +58,7 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
             "not a contextstore database (application_id {app:#x})"
         )));
     }
+    let mut converting = false;
     if app == 0 && version == 0 {
         let tables: i64 = tx.query_row(
             "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
@@ -49,9 +66,15 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
             |row| row.get(0),
         )?;
         if tables > 0 {
-            return Err(ContextStoreError::StorageError(
-                "not a contextstore database (it holds other tables)".into(),
-            ));
+            if !worldinterface::detect(&tx)? {
+                return Err(ContextStoreError::StorageError(
+                    "not a contextstore database (it holds other tables, \
+                     and not those of a WorldInterface store)"
+                        .into(),
+                ));
+            }
+            worldinterface::set_aside(&tx)?;
+            converting = true;
         }
     }
     if version > CURRENT_VERSION {
@@ -63,10 +86,25 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
         tracing::info!(from, to = from + 1, "migrating contextstore schema");
         tx.execute_batch(sql)?;
     }
+    let converted = if converting {
+        let converted = worldinterface::copy_over(&tx)?;
+        tracing::info!(
+            outputs = converted.outputs,
+            globals = converted.globals,
+            "converted a WorldInterface database"
+        );
+        Some(converted)
+    } else {
+        None
+    };
     tx.pragma_update(None, "application_id", APPLICATION_ID)?;
     tx.pragma_update(None, "user_version", CURRENT_VERSION)?;
     tx.commit()?;
-    Ok(())
+    Ok(MigrationReport {
+        from_version: version,
+        to_version: CURRENT_VERSION,
+        worldinterface: converted,
+    })
 }
 
 /// Checks, without writing, that `conn` holds a contextstore database of
@@ -74,6 +112,13 @@ pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
 pub fn check(conn: &Connection) -> Result<(), ContextStoreError> {
     let app: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
     let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    if app == 0 && version == 0 && worldinterface::detect(conn)? {
+        return Err(ContextStoreError::StorageError(
+            "a WorldInterface database: open it for writing once, or run \
+             `contextstore migrate --db PATH`, to convert it"
+                .into(),
+        ));
+    }
     if app != APPLICATION_ID {
         return Err(ContextStoreError::StorageError(
             "not a contextstore database".into(),
@@ -125,5 +170,30 @@ mod tests {
             .unwrap();
         let err = migrate(&mut conn).unwrap_err().to_string();
         assert!(err.contains("not a contextstore database"), "{err}");
+    }
+
+    #[test]
+    fn a_version_1_file_gains_empty_provenance_columns_and_keeps_its_rows() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.execute_batch(MIGRATIONS[0]).unwrap();
+        conn.pragma_update(None, "application_id", APPLICATION_ID)
+            .unwrap();
+        conn.pragma_update(None, "user_version", 1).unwrap();
+        conn.execute(
+            "INSERT INTO outputs VALUES (zeroblob(16), zeroblob(16), '[1]', 5)",
+            [],
+        )
+        .unwrap();
+        let report = migrate_reporting(&mut conn).unwrap();
+        assert_eq!(
+            (report.from_version, report.to_version),
+            (1, CURRENT_VERSION)
+        );
+        let (value, hash): (String, Option<String>) = conn
+            .query_row("SELECT value, component_hash FROM outputs", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((value.as_str(), hash), ("[1]", None));
     }
 }

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rusqlite::{Connection, ErrorCode, OpenFlags, OptionalExtension, params};
 
-use super::ContextStore;
+use super::{ContextStore, Provenance};
 use super::{deadline, schema};
 
 mod group_commit;
@@ -428,7 +428,49 @@ impl ContextStore for SqliteContextStore {
             flow_run_id,
             node_id,
             value: value.clone(),
+            provenance: None,
         })
+    }
+
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        self.write(WriteOp::Put {
+            flow_run_id,
+            node_id,
+            value: value.clone(),
+            provenance: Some(Box::new(provenance.clone())),
+        })
+    }
+
+    fn provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        let found = self.read(|conn| {
+            conn.prepare_cached(
+                "SELECT component_hash, params_hash, upstream_hash, attempt, host, started_at, ended_at
+                 FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2 AND component_hash IS NOT NULL",
+            )?
+            .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
+                Ok(Provenance {
+                    component_hash: row.get(0)?,
+                    params_hash: row.get(1)?,
+                    upstream_hash: row.get(2)?,
+                    attempt: row.get(3)?,
+                    host: row.get(4)?,
+                    started_at: row.get(5)?,
+                    ended_at: row.get(6)?,
+                })
+            })
+            .optional()
+        })?;
+        Ok(found)
     }
 
     fn get_text(

@@ -27,6 +27,7 @@ use super::{busy, is_busy, is_primary_key_violation, lock, now_millis};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use crate::store::Provenance;
 
 /// Most writes in one transaction.
 pub(crate) const MAX_BATCH: usize = 1024;
@@ -39,6 +40,7 @@ pub(crate) enum WriteOp {
         flow_run_id: FlowRunId,
         node_id: NodeId,
         value: JsonText,
+        provenance: Option<Box<Provenance>>,
     },
     /// `put_global_text`.
     PutGlobal { key: String, value: JsonText },
@@ -55,6 +57,7 @@ impl WriteOp {
                 flow_run_id,
                 node_id,
                 value,
+                provenance: None,
             } => conn
                 .prepare_cached(
                     "INSERT INTO outputs (flow_run_id, node_id, value, written_at) VALUES (?1, ?2, ?3, ?4)",
@@ -64,6 +67,30 @@ impl WriteOp {
                     node_id.as_bytes(),
                     value.as_str(),
                     now_millis()
+                ]),
+            Self::Put {
+                flow_run_id,
+                node_id,
+                value,
+                provenance: Some(p),
+            } => conn
+                .prepare_cached(
+                    "INSERT INTO outputs (flow_run_id, node_id, value, written_at, component_hash,
+                         params_hash, upstream_hash, attempt, host, started_at, ended_at)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)",
+                )?
+                .execute(params![
+                    flow_run_id.as_bytes(),
+                    node_id.as_bytes(),
+                    value.as_str(),
+                    now_millis(),
+                    p.component_hash,
+                    p.params_hash,
+                    p.upstream_hash,
+                    p.attempt,
+                    p.host,
+                    p.started_at,
+                    p.ended_at
                 ]),
             Self::PutGlobal { key, value } => conn
                 .prepare_cached("INSERT INTO globals (key, value, written_at) VALUES (?1, ?2, ?3)")?
