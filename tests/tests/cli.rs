@@ -57,7 +57,10 @@ fn the_tiny_flow_runs_from_the_command_line() {
     let listed = cli(&["list", "--db", db, RUN]);
     assert_eq!(text(&listed.stdout), format!("{GREET}\n{SHOUT}\n"));
     let got = cli(&["get", "--db", db, RUN, SHOUT]);
-    assert_eq!(got.stdout, shout.stdout);
+    assert_eq!(
+        got.stdout, shout.stdout,
+        "get prints the stored text exactly"
+    );
 }
 
 #[test]

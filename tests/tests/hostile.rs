@@ -788,3 +788,36 @@ fn count_counts_to_n() {
         Err(StepError::OutOfFuel(100_000))
     ));
 }
+
+#[test]
+fn a_deep_value_through_the_rust_api_is_an_error() {
+    // Built and dropped on a big stack: dropping a `Value` this deep recurses
+    // in serde_json's own code. The store's code must not be what overflows.
+    std::thread::Builder::new()
+        .stack_size(1 << 30)
+        .spawn(|| {
+            let mut deep = json!(1);
+            for _ in 0..200_000 {
+                deep = Value::Array(vec![deep]);
+            }
+            let (_dir, store) = temp_store();
+            let (run, node) = (FlowRunId::new(), NodeId::new());
+            for result in [
+                store.put(run, node, &deep),
+                store.put_global("deep", &deep),
+                store.upsert_global("deep", &deep),
+            ] {
+                let err = result.unwrap_err();
+                assert!(err.to_string().contains("depth"), "{err}");
+            }
+            assert_eq!(store.get_text(run, node).unwrap(), None);
+            assert_eq!(store.get_global_text("deep").unwrap(), None);
+            // As a step's params: refused before the step runs.
+            let invocation = Invocation::new(run, node).with_params(deep);
+            let err = run_default(&load(components::HOSTILE), &store, &invocation).unwrap_err();
+            assert!(matches!(err, StepError::InvalidParams(_)), "{err:?}");
+        })
+        .expect("thread starts")
+        .join()
+        .expect("no overflow, no panic");
+}
