@@ -14,6 +14,11 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// A throwaway PostgreSQL server, one per test binary, and a fresh
+/// database per test.
+#[path = "../../host/tests/support/postgres_cluster.rs"]
+pub mod postgres_cluster;
+
 /// A component built by `guest/build-all.sh` (Python, JavaScript and C
 /// steps) into `target/components/`.
 pub fn language_component(file: &str) -> String {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use contextstore::{ContextStore, SqliteContextStore};
+use contextstore::ContextStore;
 
 mod flow;
 mod inspect;
@@ -50,19 +50,19 @@ enum Command {
     Flow(flow::FlowCommand),
 }
 
-/// Where the SQLite database lives.
+/// Where the store lives.
 #[derive(clap::Args)]
 pub struct DbArgs {
-    /// The SQLite database file (created if missing).
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    /// The store: an SQLite database file (created if missing), or a
+    /// PostgreSQL database as `postgres://user[:password]@host[:port]/dbname`.
+    #[arg(long, value_name = "PATH|URL")]
+    db: String,
 }
 
 impl DbArgs {
     /// Opens the store.
     pub fn open(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
-        let store = SqliteContextStore::open(&self.db)?;
-        Ok(Arc::new(store))
+        Ok(contextstore::store::open_url(&self.db)?)
     }
 }
 
