@@ -1,10 +1,13 @@
 //! The state of each node of a flow run, read from the store.
 
+use std::collections::HashMap;
+
 use super::{Flow, journal};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json;
 use crate::store::ContextStore;
+use crate::store::claims::ClaimRecord;
 
 /// Where a node stands in a run.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -28,6 +31,9 @@ pub struct NodeStatus {
     pub state: NodeState,
     /// The size of its output as JSON text, when done.
     pub output_bytes: Option<usize>,
+    /// The worker that holds or ran the node, when the store shares runs
+    /// between workers and the node was claimed.
+    pub claim: Option<ClaimRecord>,
 }
 
 /// The status of every node of `flow` in run `flow_run_id`, in file order.
@@ -36,6 +42,14 @@ pub fn status(
     flow: &Flow,
     flow_run_id: FlowRunId,
 ) -> Result<Vec<NodeStatus>, ContextStoreError> {
+    let mut claims: HashMap<NodeId, ClaimRecord> = match store.node_claims() {
+        Some(c) => c
+            .claims(flow_run_id)?
+            .into_iter()
+            .map(|r| (r.node_id, r))
+            .collect(),
+        None => HashMap::new(),
+    };
     flow.nodes
         .iter()
         .map(|node| {
@@ -54,6 +68,7 @@ pub fn status(
                 node_id: node.node_id,
                 state,
                 output_bytes,
+                claim: claims.remove(&node.node_id),
             })
         })
         .collect()

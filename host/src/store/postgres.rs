@@ -166,11 +166,39 @@ impl PostgresContextStore {
 
     /// Runs `f` on a pooled connection, within the call's deadline: the
     /// wait for a connection and the statement itself stop there.
-    fn with<T>(
+    ///
+    /// The blocking client drives its connection with a small runtime of
+    /// its own, which cannot run on a thread that is driving async tasks
+    /// (the sandbox calls the store from inside its async host functions):
+    /// there the call runs on a helper thread while this one waits.
+    fn with<T: Send>(
         &self,
-        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error> + Send,
     ) -> Result<Result<T, postgres::Error>, ContextStoreError> {
         let deadline = deadline::current();
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.with_deadline(deadline, f);
+        }
+        std::thread::scope(|scope| {
+            match std::thread::Builder::new()
+                .name("contextstore-pg".into())
+                .spawn_scoped(scope, || self.with_deadline(deadline, f))
+            {
+                Ok(helper) => helper
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+                Err(e) => Err(ContextStoreError::StorageError(format!(
+                    "cannot start a thread for a database call: {e}"
+                ))),
+            }
+        })
+    }
+
+    fn with_deadline<T>(
+        &self,
+        deadline: Option<Instant>,
+        f: impl FnOnce(&mut Client) -> Result<T, postgres::Error>,
+    ) -> Result<Result<T, postgres::Error>, ContextStoreError> {
         let wait = match deadline {
             Some(d) => {
                 let left = d.saturating_duration_since(Instant::now());
