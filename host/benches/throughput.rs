@@ -435,6 +435,7 @@ fn flow_nodes(dir: &Path, rows: &mut Vec<Row>) {
     let quiet = |_: &FlowEvent<'_>| {};
     let options = RunOptions {
         jobs: FLOW_JOBS,
+        lease: contextstore::flow::LeaseOptions::default(),
         on_event: &quiet,
     };
     let mut best_flow = Duration::MAX;

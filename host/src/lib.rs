@@ -5,6 +5,10 @@
 //!   `(FlowRunId, NodeId)` and written once; globals beside them.
 //! - [`SqliteContextStore`]: the embedded SQLite backend (WAL, durable
 //!   commits, readers that never wait behind the writer).
+//! - `PostgresContextStore` (feature `postgres`): the same contract in a
+//!   PostgreSQL database that workers on many hosts share, with node leases
+//!   so that they split one flow run. [`store::open_url`] opens either from
+//!   a store URL.
 //! - [`Runtime`]: compiles step components once (with an on-disk cache) and
 //!   runs each invocation in a fresh wasmtime instance under a [`Grant`]
 //!   (deny by default) and [`Limits`] (time, memory, fuel, value size,
@@ -66,4 +70,6 @@ pub use limits::Limits;
 pub use runtime::{Invocation, Runtime, StepComponent, StepError, StepOutcome, StepStatus};
 pub use store::ContextStore;
 pub use store::atomic::{AtomicWriteError, AtomicWriter};
+#[cfg(feature = "postgres")]
+pub use store::postgres::{PostgresContextStore, PostgresOptions};
 pub use store::sqlite::{Durability, SqliteContextStore, SqliteOptions};

@@ -27,11 +27,56 @@ fn assert_one_error_line(output: &Output, expected: &str) {
     );
 }
 
+#[path = "support/postgres_cluster.rs"]
+mod postgres_cluster;
+
 #[test]
 fn globals_put_get_upsert_and_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let db = dir.path().join("c.db");
-    let db = db.to_str().unwrap();
+    globals_round(db.to_str().unwrap());
+}
+
+/// The same commands with `--db postgres://…`.
+#[test]
+fn globals_put_get_upsert_and_exit_codes_on_postgres() {
+    globals_round(&postgres_cluster::fresh_database());
+}
+
+#[test]
+fn outputs_get_and_list_on_postgres() {
+    let db = postgres_cluster::fresh_database();
+    let run = "67e55044-10b1-426f-9247-bb680e5fe0c8";
+    let node = "00000000-0000-4000-8000-000000000001";
+    assert_eq!(
+        contextstore(&["get", "--db", &db, run, node]).status.code(),
+        Some(1)
+    );
+    let store = contextstore::PostgresContextStore::connect(&db).unwrap();
+    contextstore::ContextStore::put(
+        &store,
+        run.parse().unwrap(),
+        node.parse().unwrap(),
+        &serde_json::json!({"x": [1, 2]}),
+    )
+    .unwrap();
+    let got = contextstore(&["get", "--db", &db, run, node]);
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "{\"x\":[1,2]}\n");
+    let listed = contextstore(&["list", "--db", &db, run]);
+    assert_eq!(String::from_utf8_lossy(&listed.stdout), format!("{node}\n"));
+}
+
+#[test]
+fn an_unreachable_postgres_is_one_error_line_without_the_password() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().to_str().unwrap().replace('/', "%2F");
+    let url = format!("postgres://ada:hunter2@{socket}/flows");
+    let out = contextstore(&["global", "get", "--db", &url, "k"]);
+    assert_one_error_line(&out, "postgres://ada@");
+    assert!(!stderr(&out).contains("hunter2"), "{}", stderr(&out));
+}
+
+fn globals_round(db: &str) {
     assert_eq!(
         contextstore(&["global", "put", "--db", db, "k", r#"{"a": [1, 2]}"#])
             .status

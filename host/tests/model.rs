@@ -1,4 +1,5 @@
-//! Model-based property test of [`SqliteContextStore`].
+//! Model-based property test of [`SqliteContextStore`] and
+//! [`PostgresContextStore`].
 //!
 //! Random sequences of the six store operations, over a small pool of run
 //! ids, node ids and global keys (so that write-once collisions are common),
@@ -23,9 +24,12 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use contextstore::{
-    ContextStore, ContextStoreError, Durability, FlowRunId, NodeId, SqliteContextStore,
-    SqliteOptions,
+    ContextStore, ContextStoreError, Durability, FlowRunId, NodeId, PostgresContextStore,
+    SqliteContextStore, SqliteOptions,
 };
+
+#[path = "support/postgres_cluster.rs"]
+mod postgres_cluster;
 use proptest::prelude::*;
 use proptest::test_runner::FileFailurePersistence;
 use serde_json::{Map, Value};
@@ -219,6 +223,9 @@ enum Backend {
         group_commit: bool,
     },
     Memory,
+    /// A PostgreSQL database (emptied before each sequence); `Reopen`
+    /// connects again.
+    Postgres,
 }
 
 impl Backend {
@@ -246,7 +253,7 @@ fn open_file(path: &Path, durability: Durability, group_commit: bool) -> SqliteC
 
 /// Applies `op` (not `Reopen`) to `store`, with its runs and keys taken
 /// from namespace `ns`.
-fn apply_to(store: &SqliteContextStore, op: &Op, ns: usize) -> Outcome {
+fn apply_to(store: &dyn ContextStore, op: &Op, ns: usize) -> Outcome {
     let run = |r: usize| run_in(ns, r);
     let key = |k: usize| key_in(ns, k);
     match op {
@@ -269,7 +276,16 @@ fn apply_to(store: &SqliteContextStore, op: &Op, ns: usize) -> Outcome {
 struct Subject {
     backend: Backend,
     path: PathBuf,
-    store: Option<SqliteContextStore>,
+    store: Option<Box<dyn ContextStore>>,
+}
+
+/// The database of this test's PostgreSQL sequences (one per test thread:
+/// the sequences of one test run one after another), emptied before each.
+fn postgres_url() -> String {
+    thread_local! {
+        static URL: String = postgres_cluster::fresh_database();
+    }
+    URL.with(Clone::clone)
 }
 
 impl Subject {
@@ -283,26 +299,30 @@ impl Subject {
         subject
     }
 
-    fn open(&self) -> SqliteContextStore {
+    fn open(&self) -> Box<dyn ContextStore> {
         match self.backend {
             Backend::File {
                 durability,
                 group_commit,
-            } => open_file(&self.path, durability, group_commit),
-            Backend::Memory => SqliteContextStore::in_memory().unwrap(),
+            } => Box::new(open_file(&self.path, durability, group_commit)),
+            Backend::Memory => Box::new(SqliteContextStore::in_memory().unwrap()),
+            Backend::Postgres => Box::new(
+                PostgresContextStore::connect(&postgres_url())
+                    .unwrap_or_else(|e| panic!("connecting to PostgreSQL: {e}")),
+            ),
         }
     }
 
     fn reopen(&mut self) {
-        if let Backend::File { .. } = self.backend {
+        if let Backend::File { .. } | Backend::Postgres = self.backend {
             // Close every connection before the file is opened again.
             drop(self.store.take());
             self.store = Some(self.open());
         }
     }
 
-    fn store(&self) -> &SqliteContextStore {
-        self.store.as_ref().expect("store is open")
+    fn store(&self) -> &dyn ContextStore {
+        self.store.as_deref().expect("store is open")
     }
 
     fn apply(&mut self, op: &Op) -> Outcome {
@@ -339,6 +359,13 @@ fn check_whole_state(model: &mut Model, subject: &mut Subject) -> Result<(), Tes
 fn run_sequence(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
     let dir = tempfile::tempdir().unwrap();
     let mut model = Model::default();
+    if let Backend::Postgres = backend {
+        postgres_cluster::admin_execute(
+            &postgres_url(),
+            "DROP TABLE IF EXISTS contextstore_outputs, contextstore_globals,
+                 contextstore_claims, contextstore_meta",
+        );
+    }
     let mut subject = Subject::new(backend, dir.path());
     for (step, op) in ops.iter().enumerate() {
         let expected = model.apply(op);
@@ -579,6 +606,17 @@ proptest! {
     }
 }
 
+proptest! {
+    #![proptest_config(config(64))]
+
+    /// The PostgreSQL store agrees with the model too; every sequence
+    /// starts from an empty database (its schema made anew at connect).
+    #[test]
+    fn postgres_matches_model(ops in ops()) {
+        run_sequence(Backend::Postgres, &ops)?;
+    }
+}
+
 /// A fixed sequence through every collision the contract names, so that the
 /// interesting paths run even if the random sequences happen to miss them.
 #[test]
@@ -641,6 +679,7 @@ fn fixed_sequence_with_every_collision() {
         Backend::file(Durability::Full),
         Backend::file(Durability::Normal),
         Backend::Memory,
+        Backend::Postgres,
     ] {
         run_sequence(backend, &ops).unwrap();
     }

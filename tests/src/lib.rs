@@ -14,6 +14,11 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// A throwaway PostgreSQL server, one per test binary, and a fresh
+/// database per test.
+#[path = "../../host/tests/support/postgres_cluster.rs"]
+pub mod postgres_cluster;
+
 /// A component built by `guest/build-all.sh` (Python, JavaScript and C
 /// steps) into `target/components/`.
 pub fn language_component(file: &str) -> String {
@@ -70,8 +75,12 @@ pub fn temp_store() -> (tempfile::TempDir, Arc<dyn ContextStore>) {
 }
 
 /// The `contextstore` binary of this build (`target/<profile>/contextstore`),
-/// built beside the test binaries by `cargo test --workspace`.
+/// built beside the test binaries by `cargo test --workspace`, or the one
+/// `CONTEXTSTORE_CLI` names.
 pub fn cli_binary() -> PathBuf {
+    if let Some(bin) = std::env::var_os("CONTEXTSTORE_CLI") {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("test binary path");
     // target/<profile>/deps/<test-binary>
     let profile_dir = exe
@@ -85,4 +94,30 @@ pub fn cli_binary() -> PathBuf {
         bin.display()
     );
     bin
+}
+
+/// Writes a layered flow file into `dir` and returns its path: `width`
+/// greet nodes, then `layers - 1` layers of join nodes, each joining two
+/// nodes of the layer before (`width * layers` nodes in all).
+pub fn write_layered_flow(dir: &std::path::Path, width: usize, layers: usize) -> PathBuf {
+    let mut text = String::from("name = \"layers\"\n");
+    for i in 0..width {
+        text += &format!(
+            "[nodes.n0_{i}]\ncomponent = \"{}\"\nparams = {{ name = \"node {i}\" }}\n",
+            components::GREET
+        );
+    }
+    for layer in 1..layers {
+        for i in 0..width {
+            let (a, b) = (i, (i + 1) % width);
+            text += &format!(
+                "[nodes.n{layer}_{i}]\ncomponent = \"{}\"\nupstream = [\"n{p}_{a}\", \"n{p}_{b}\"]\nparams = {{ title = \"{layer}/{i}\" }}\n",
+                components::JOIN,
+                p = layer - 1
+            );
+        }
+    }
+    let path = dir.join("layers.toml");
+    std::fs::write(&path, text).expect("flow file written");
+    path
 }

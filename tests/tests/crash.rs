@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use contextstore::{ContextStore, FlowRunId, SqliteContextStore, flow};
-use contextstore_tests::{cli_binary, components};
+use contextstore_tests::cli_binary;
 use serde_json::Value;
 
 /// SplitMix64: a small seeded generator, so that a failing seed can be replayed.
@@ -47,29 +47,8 @@ fn env_or(name: &str, default: u64) -> u64 {
 const WIDTH: usize = 6;
 const LAYERS: usize = 8;
 
-/// A layered flow: `WIDTH` greet nodes, then `LAYERS - 1` layers of join
-/// nodes, each joining two nodes of the layer before.
 fn write_layered_flow(dir: &Path) -> PathBuf {
-    let mut text = String::from("name = \"layers\"\n");
-    for i in 0..WIDTH {
-        text += &format!(
-            "[nodes.n0_{i}]\ncomponent = \"{}\"\nparams = {{ name = \"node {i}\" }}\n",
-            components::GREET
-        );
-    }
-    for layer in 1..LAYERS {
-        for i in 0..WIDTH {
-            let (a, b) = (i, (i + 1) % WIDTH);
-            text += &format!(
-                "[nodes.n{layer}_{i}]\ncomponent = \"{}\"\nupstream = [\"n{p}_{a}\", \"n{p}_{b}\"]\nparams = {{ title = \"{layer}/{i}\" }}\n",
-                components::JOIN,
-                p = layer - 1
-            );
-        }
-    }
-    let path = dir.join("layers.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    contextstore_tests::write_layered_flow(dir, WIDTH, LAYERS)
 }
 
 fn flow_run(flow: &Path, db: &Path, run: FlowRunId) -> Child {

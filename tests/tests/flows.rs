@@ -48,6 +48,7 @@ fn the_diamond_runs_in_order_and_resumes_without_rerunning() {
     let run = FlowRunId::new();
     let options = RunOptions {
         jobs: 2,
+        lease: flow::LeaseOptions::default(),
         on_event: &quiet,
     };
     let report = flow::run(runtime(), &store, &flow, run, &options).unwrap();
@@ -104,6 +105,7 @@ fn a_failed_node_blocks_its_dependents_only_and_status_tells() {
         run,
         &RunOptions {
             jobs: 3,
+            lease: flow::LeaseOptions::default(),
             on_event: &record,
         },
     )
@@ -272,6 +274,7 @@ fn run_or_hang(
     std::thread::spawn(move || {
         let options = RunOptions {
             jobs,
+            lease: flow::LeaseOptions::default(),
             on_event: &on_event,
         };
         let _ = tx.send(flow::run(
@@ -482,6 +485,7 @@ fn a_thousand_node_fan_out_fan_in_flow_runs() {
     let run = FlowRunId::new();
     let options = RunOptions {
         jobs: 4,
+        lease: flow::LeaseOptions::default(),
         on_event: &quiet,
     };
     let report = flow::run(runtime(), &store, &flow, run, &options).unwrap();
@@ -502,6 +506,7 @@ fn a_thousand_node_fan_out_fan_in_flow_runs() {
 fn quietly() -> RunOptions<'static> {
     RunOptions {
         jobs: 2,
+        lease: flow::LeaseOptions::default(),
         on_event: &quiet,
     }
 }

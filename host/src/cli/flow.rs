@@ -3,9 +3,10 @@
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use anyhow::bail;
-use contextstore::flow::{self, FlowEvent, NodeResult, NodeState, RunOptions};
+use contextstore::flow::{self, FlowEvent, LeaseOptions, NodeResult, NodeState, RunOptions};
 use contextstore::{FlowRunId, StepStatus};
 use serde_json::{Value, json};
 
@@ -45,6 +46,24 @@ pub struct RunArgs {
     /// of the progress lines shown on a terminal.
     #[arg(long)]
     events: bool,
+    /// This worker's name in a run that several processes share over
+    /// PostgreSQL (default: host:pid). Live workers need distinct names.
+    #[arg(long, value_name = "NAME")]
+    worker: Option<String>,
+    /// How long this worker's claim on a node holds without renewal, in
+    /// seconds (a dead worker's nodes are taken over after it).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_lease)]
+    lease: f64,
+}
+
+/// A lease in seconds: finite, from 0.1 s to one day.
+fn parse_lease(text: &str) -> Result<f64, String> {
+    let secs: f64 = text.parse().map_err(|e| format!("{e}"))?;
+    if secs.is_finite() && (0.1..=86_400.0).contains(&secs) {
+        Ok(secs)
+    } else {
+        Err("a lease is from 0.1 to 86400 seconds".into())
+    }
 }
 
 /// `contextstore flow status`.
@@ -100,6 +119,10 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
         &RunOptions {
             jobs,
             on_event: &on_event,
+            lease: LeaseOptions {
+                worker: args.worker.unwrap_or_else(flow::default_worker_name),
+                lease: Duration::from_secs_f64(args.lease),
+            },
         },
     ) {
         Err(error @ flow::FlowError::Changed { .. }) => {
@@ -153,7 +176,7 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                     NodeState::DoneWithWarning(warning) => Some(warning),
                     _ => None,
                 };
-                json!({
+                let mut row = json!({
                     "node": n.name,
                     "node_id": n.node_id,
                     "status": state,
@@ -161,7 +184,14 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                     "error": error.filter(|_| warned.is_none()),
                     "warning": warned,
                     "provenance": n.provenance,
-                })
+                });
+                if let Some(c) = &n.claim {
+                    row["worker"] = json!(c.worker);
+                    row["attempt"] = json!(c.attempt);
+                    row["lease_left_ms"] =
+                        json!(u64::try_from(c.lease_left.as_millis()).unwrap_or(u64::MAX));
+                }
+                row
             })
             .collect();
         output::line(serde_json::to_string_pretty(
@@ -170,12 +200,29 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     } else {
         let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        // A worker column only for a store that workers share.
+        let workers: Option<Vec<String>> = nodes
+            .iter()
+            .any(|n| n.claim.is_some())
+            .then(|| nodes.iter().map(worker_cell).collect());
+        let worker_width = workers
+            .iter()
+            .flatten()
+            .map(String::len)
+            .max()
+            .unwrap_or(0)
+            .max(6);
+        let worker_head = if workers.is_some() {
+            format!("{:worker_width$}  ", "worker")
+        } else {
+            String::new()
+        };
         output::written(writeln!(
             out,
-            "{:width$}  {:8}  {:>12}  detail",
+            "{:width$}  {:8}  {:>12}  {worker_head}detail",
             "node", "status", "output bytes"
         ))?;
-        for n in &nodes {
+        for (i, n) in nodes.iter().enumerate() {
             let (state, error) = state_parts(&n.state);
             let detail = match (&n.state, error) {
                 (NodeState::DoneWithWarning(_), Some(warning)) => format!("warning: {warning}"),
@@ -184,15 +231,33 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
             let bytes = n
                 .output_bytes
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
+            let worker = workers
+                .as_ref()
+                .map_or_else(String::new, |w| format!("{:worker_width$}  ", w[i]));
             output::written(writeln!(
                 out,
-                "{:width$}  {state:8}  {bytes:>12}  {detail}",
+                "{:width$}  {state:8}  {bytes:>12}  {worker}{detail}",
                 n.name
             ))?;
         }
         output::written(out.flush())?;
     }
     Ok(Outcome::Done)
+}
+
+/// Who holds or ran a node: `w1` (ran it), `w1 (running)` (holds a live
+/// lease), `w1 (lease expired)`; `-` when never claimed.
+fn worker_cell(n: &flow::NodeStatus) -> String {
+    match &n.claim {
+        None => "-".into(),
+        Some(c)
+            if c.finished || matches!(n.state, NodeState::Done | NodeState::DoneWithWarning(_)) =>
+        {
+            c.worker.clone()
+        }
+        Some(c) if c.lease_left.is_zero() => format!("{} (lease expired)", c.worker),
+        Some(c) => format!("{} (running)", c.worker),
+    }
 }
 
 /// A node state as its status word and, for a failed node or a node done
@@ -244,7 +309,7 @@ impl Progress {
         let line = match self.mode {
             Mode::Quiet => return,
             Mode::Human => match event {
-                FlowEvent::Started { .. } => return,
+                FlowEvent::Started { .. } | FlowEvent::Claimed { .. } => return,
                 FlowEvent::Finished {
                     node,
                     status: StepStatus::Ran,
@@ -273,6 +338,13 @@ impl Progress {
             },
             Mode::Events => match event {
                 FlowEvent::Started { node } => json!({"event": "started", "node": node.name}),
+                FlowEvent::Claimed {
+                    node,
+                    worker,
+                    attempt,
+                } => {
+                    json!({"event": "claimed", "node": node.name, "worker": worker, "attempt": attempt})
+                }
                 FlowEvent::Finished {
                     node,
                     status,

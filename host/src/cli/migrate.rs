@@ -3,7 +3,7 @@
 
 use contextstore::store::worldinterface;
 
-use super::{DbArgs, Outcome};
+use super::{DbArgs, Outcome, output};
 
 /// `contextstore migrate`.
 #[derive(clap::Args)]
@@ -14,21 +14,26 @@ pub struct MigrateArgs {
 
 /// Migrates the file in place (it must exist) and prints one line.
 pub fn migrate(args: MigrateArgs) -> anyhow::Result<Outcome> {
-    let report = worldinterface::migrate_file(&args.db.db)?;
-    let path = args.db.db.display();
+    let path = &args.db.db;
+    if contextstore::store::is_postgres_url(path) {
+        anyhow::bail!(
+            "migrate converts SQLite files; a PostgreSQL store migrates itself at connect"
+        );
+    }
+    let report = worldinterface::migrate_file(std::path::Path::new(path))?;
     match report.worldinterface {
-        Some(converted) => println!(
+        Some(converted) => output::line(format_args!(
             "{path}: converted a WorldInterface database: {} output(s), {} global(s); schema version {}",
             converted.outputs, converted.globals, report.to_version
-        ),
-        None if report.from_version == report.to_version => println!(
+        ))?,
+        None if report.from_version == report.to_version => output::line(format_args!(
             "{path}: already at schema version {}; nothing to do",
             report.to_version
-        ),
-        None => println!(
+        ))?,
+        None => output::line(format_args!(
             "{path}: migrated the schema from version {} to {}",
             report.from_version, report.to_version
-        ),
+        ))?,
     }
     Ok(Outcome::Done)
 }

@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
-use contextstore::{ContextStore, SqliteContextStore, SqliteOptions};
+use contextstore::ContextStore;
 
 mod flow;
 mod inspect;
@@ -58,28 +58,26 @@ enum Command {
     Migrate(migrate::MigrateArgs),
 }
 
-/// Where the SQLite database lives. The one place that opens stores.
+/// Where the store lives.
 #[derive(clap::Args)]
 pub struct DbArgs {
-    /// The SQLite database file (commands that write create it if missing;
-    /// commands that only read need it to exist, and never change it).
-    #[arg(long, value_name = "PATH")]
-    db: PathBuf,
+    /// The store: an SQLite database file (created if missing), or a
+    /// PostgreSQL database as `postgres://user[:password]@host[:port]/dbname`.
+    #[arg(long, value_name = "PATH|URL")]
+    db: String,
 }
 
 impl DbArgs {
     /// Opens the store for writing: creates the file if missing and
     /// migrates its schema.
     pub fn open(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
-        let store = SqliteContextStore::open(&self.db)?;
-        Ok(Arc::new(store))
+        Ok(contextstore::store::open_url(&self.db)?)
     }
 
     /// Opens an existing store for reading only: nothing is created or
     /// migrated, and a read-only file works.
     pub fn open_read_only(&self) -> anyhow::Result<Arc<dyn ContextStore>> {
-        let store = SqliteContextStore::open_read_only(&self.db, SqliteOptions::default())?;
-        Ok(Arc::new(store))
+        Ok(contextstore::store::open_url_read_only(&self.db)?)
     }
 }
 

@@ -1,6 +1,14 @@
 //! Running a flow: dependency order, independent nodes in parallel on a
 //! bounded pool of worker threads, finished nodes skipped, a failed node
 //! stopping its dependents (and only them).
+//!
+//! When the store shares runs between processes
+//! ([`ContextStore::node_claims`]), every process running the same run is a
+//! worker: it claims each ready node with a lease before running it, renews
+//! its leases from a background thread while it runs, and leaves a node
+//! another worker holds to that worker, looking again until the node's
+//! output is stored or the holder's lease expires (then it takes the node
+//! over).
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -16,6 +24,7 @@ use super::{Flow, FlowError, FlowNode, journal, resume::check_unchanged};
 use crate::id::FlowRunId;
 use crate::runtime::{Runtime, StepComponent, StepError, StepStatus};
 use crate::store::ContextStore;
+use crate::store::claims::{Claim, NodeClaims};
 
 /// Something that happened to a node, as it happens (from worker threads).
 #[derive(Debug)]
@@ -24,6 +33,16 @@ pub enum FlowEvent<'a> {
     Started {
         /// The node.
         node: &'a FlowNode,
+    },
+    /// This worker claimed the node (a store shared by several workers).
+    Claimed {
+        /// The node.
+        node: &'a FlowNode,
+        /// This worker's name.
+        worker: &'a str,
+        /// How many times the node has been claimed, this claim included
+        /// (more than 1 after a lease expired).
+        attempt: u32,
     },
     /// The node is done: it ran now, or its output was already stored.
     Finished {
@@ -62,6 +81,42 @@ pub struct RunOptions<'a> {
     pub jobs: usize,
     /// Called for every [`FlowEvent`], from the worker threads.
     pub on_event: &'a (dyn Fn(&FlowEvent<'_>) + Sync),
+    /// This worker's name and lease, used when the store shares runs
+    /// between processes.
+    pub lease: LeaseOptions,
+}
+
+/// How this process takes part in a run that several workers share.
+#[derive(Clone, Debug)]
+pub struct LeaseOptions {
+    /// This worker's name, shown by `flow status` (default: `host:pid`).
+    /// Names must differ between live workers.
+    pub worker: String,
+    /// How long a claim holds without renewal (default 30 s). A live worker
+    /// renews its claims every third of it; a dead worker's nodes are taken
+    /// over this long after its last renewal.
+    pub lease: Duration,
+}
+
+impl Default for LeaseOptions {
+    fn default() -> Self {
+        Self {
+            worker: default_worker_name(),
+            lease: Duration::from_secs(30),
+        }
+    }
+}
+
+/// `host:pid`: the host's name (from `/proc/sys/kernel/hostname` or
+/// `$HOSTNAME`) and this process's id.
+pub fn default_worker_name() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .unwrap_or_else(|| "localhost".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// What became of one node.
@@ -132,6 +187,16 @@ struct Board {
     ready: VecDeque<usize>,
     results: Vec<Option<NodeResult>>,
     running: usize,
+    /// Nodes another worker holds, with when to look at them again.
+    deferred: Vec<(usize, Instant)>,
+}
+
+/// What one look at a node came to.
+enum Attempt {
+    /// The node has its result.
+    Result(NodeResult),
+    /// Another worker holds the node: look again after this long.
+    HeldElsewhere(Duration),
 }
 
 /// Runs (or resumes) `flow` as run `flow_run_id`. Components are loaded
@@ -186,6 +251,7 @@ pub fn run(
         ready,
         results: (0..flow.nodes.len()).map(|_| None).collect(),
         running: 0,
+        deferred: Vec::new(),
     });
     let wake = Condvar::new();
     let worker = Worker {
@@ -200,10 +266,19 @@ pub fn run(
         stopped: AtomicBool::new(false),
     };
     let workers = options.jobs.clamp(1, flow.nodes.len().max(1));
+    let renewing = Renewal::default();
     std::thread::scope(|scope| {
-        for _ in 0..workers {
-            scope.spawn(|| worker.work(&board, &wake));
+        if let Some(claims) = store.node_claims() {
+            scope.spawn(|| renewing.run(claims, flow_run_id, &options.lease));
         }
+        let threads: Vec<_> = (0..workers)
+            .map(|_| scope.spawn(|| worker.work(&board, &wake)))
+            .collect();
+        for thread in threads {
+            // A worker catches every panic of a node or a callback itself.
+            let _ = thread.join();
+        }
+        renewing.stop();
     });
     if let Some(message) = worker
         .callback_panic
@@ -260,13 +335,56 @@ impl Drop for Running<'_> {
     }
 }
 
+/// The background renewal of this worker's leases.
+#[derive(Default)]
+struct Renewal {
+    stopped: Mutex<bool>,
+    wake: Condvar,
+}
+
+impl Renewal {
+    /// Renews every lease this worker holds in the run every third of the
+    /// lease, until stopped.
+    fn run(&self, claims: &dyn NodeClaims, run: FlowRunId, lease: &LeaseOptions) {
+        let every = lease.lease / 3;
+        loop {
+            let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
+            let (stopped, _) = self
+                .wake
+                .wait_timeout_while(stopped, every, |s| !*s)
+                .unwrap_or_else(PoisonError::into_inner);
+            if *stopped {
+                return;
+            }
+            drop(stopped);
+            if let Err(error) = claims.renew(run, &lease.worker, lease.lease) {
+                tracing::warn!(%error, worker = %lease.worker, "could not renew leases");
+            }
+        }
+    }
+
+    fn stop(&self) {
+        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
+        self.wake.notify_all();
+    }
+}
+
 impl Worker<'_> {
     fn work(&self, board: &Mutex<Board>, wake: &Condvar) {
         while let Some(i) = self.next(board, wake) {
             let running = Running { board, wake };
             let started = Instant::now();
-            let result = catch_unwind(AssertUnwindSafe(|| self.run_node(i)))
-                .unwrap_or_else(|payload| self.panicked(i, payload.as_ref(), started.elapsed()));
+            let looked = catch_unwind(AssertUnwindSafe(|| self.claim_and_run(i))).unwrap_or_else(
+                |payload| Attempt::Result(self.panicked(i, payload.as_ref(), started.elapsed())),
+            );
+            let result = match looked {
+                Attempt::Result(result) => result,
+                Attempt::HeldElsewhere(after) => {
+                    lock(board).deferred.push((i, Instant::now() + after));
+                    drop(running);
+                    continue;
+                }
+            };
             let blocked = {
                 let mut b = lock(board);
                 let blocked = match &result {
@@ -295,8 +413,9 @@ impl Worker<'_> {
         }
     }
 
-    /// The next ready node, or `None` when nothing is ready or running, or
-    /// the run was stopped.
+    /// The next ready node (or a node held elsewhere, due for another
+    /// look), or `None` when nothing is ready, deferred or running, or the
+    /// run was stopped.
     fn next(&self, board: &Mutex<Board>, wake: &Condvar) -> Option<usize> {
         let mut b = lock(board);
         loop {
@@ -306,6 +425,25 @@ impl Worker<'_> {
             if let Some(i) = b.ready.pop_front() {
                 b.running += 1;
                 return Some(i);
+            }
+            let due = b
+                .deferred
+                .iter()
+                .enumerate()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(pos, (_, at))| (pos, *at));
+            if let Some((pos, at)) = due {
+                let now = Instant::now();
+                if at <= now {
+                    let (i, _) = b.deferred.swap_remove(pos);
+                    b.running += 1;
+                    return Some(i);
+                }
+                b = wake
+                    .wait_timeout(b, at - now)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+                continue;
             }
             if b.running == 0 {
                 return None;
@@ -328,6 +466,63 @@ impl Worker<'_> {
             }
             self.stopped.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Runs node `i`, claiming it first when the store is shared.
+    fn claim_and_run(&self, i: usize) -> Attempt {
+        let Some(claims) = self.store.node_claims() else {
+            return Attempt::Result(self.run_node(i));
+        };
+        let node = &self.flow.nodes[i];
+        let lease = &self.options.lease;
+        // A node done elsewhere needs no claim: the runtime finds its output.
+        match self.store.get_text(self.flow_run_id, node.node_id) {
+            Ok(Some(_)) => return Attempt::Result(self.run_node(i)),
+            Ok(None) => {}
+            Err(error) => return Attempt::Result(self.store_failure(i, error)),
+        }
+        match claims.claim(self.flow_run_id, node.node_id, &lease.worker, lease.lease) {
+            Ok(Claim::Won { attempt }) => {
+                self.emit(&FlowEvent::Claimed {
+                    node,
+                    worker: &lease.worker,
+                    attempt,
+                });
+                let result = self.run_node(i);
+                let done = match result {
+                    NodeResult::Done { .. } => {
+                        claims.finish(self.flow_run_id, node.node_id, &lease.worker)
+                    }
+                    _ => claims.release(self.flow_run_id, node.node_id, &lease.worker),
+                };
+                if let Err(error) = done {
+                    tracing::warn!(node = %node.name, %error, "could not update the node's claim");
+                }
+                Attempt::Result(result)
+            }
+            // Finished elsewhere after the look above: the output is stored.
+            Ok(Claim::Finished { .. }) => Attempt::Result(self.run_node(i)),
+            Ok(Claim::Held { lease_left, .. }) => {
+                // Look again soon (the holder may finish any moment), and
+                // no later than when the lease would expire.
+                let poll =
+                    (lease.lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(500));
+                Attempt::HeldElsewhere(poll.min(lease_left + Duration::from_millis(1)))
+            }
+            Err(error) => Attempt::Result(self.store_failure(i, error)),
+        }
+    }
+
+    /// Node `i` failed because the store did, outside its step.
+    fn store_failure(&self, i: usize, error: crate::error::ContextStoreError) -> NodeResult {
+        let node = &self.flow.nodes[i];
+        let error = StepError::Store(error);
+        self.emit(&FlowEvent::Failed {
+            node,
+            error: &error,
+            elapsed: Duration::ZERO,
+        });
+        NodeResult::Failed(error)
     }
 
     fn run_node(&self, i: usize) -> NodeResult {

@@ -1,8 +1,11 @@
 //! The state of each node of a flow run, read from the store.
 
+use std::collections::HashMap;
+
 use super::{Flow, journal};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
+use crate::store::claims::ClaimRecord;
 use crate::store::{ContextStore, Provenance};
 
 /// Where a node stands in a run.
@@ -32,6 +35,9 @@ pub struct NodeStatus {
     pub output_bytes: Option<usize>,
     /// Where its output came from, when done and recorded.
     pub provenance: Option<Provenance>,
+    /// The worker that holds or ran the node, when the store shares runs
+    /// between workers and the node was claimed.
+    pub claim: Option<ClaimRecord>,
 }
 
 /// The status of every node of `flow` in run `flow_run_id`, in file order.
@@ -40,6 +46,14 @@ pub fn status(
     flow: &Flow,
     flow_run_id: FlowRunId,
 ) -> Result<Vec<NodeStatus>, ContextStoreError> {
+    let mut claims: HashMap<NodeId, ClaimRecord> = match store.node_claims() {
+        Some(c) => c
+            .claims(flow_run_id)?
+            .into_iter()
+            .map(|r| (r.node_id, r))
+            .collect(),
+        None => HashMap::new(),
+    };
     flow.nodes
         .iter()
         .map(|node| {
@@ -65,6 +79,7 @@ pub fn status(
                 state,
                 output_bytes,
                 provenance,
+                claim: claims.remove(&node.node_id),
             })
         })
         .collect()

@@ -7,8 +7,13 @@ use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 pub use provenance::Provenance;
 
+use std::sync::Arc;
+
 pub mod atomic;
+pub mod claims;
 pub mod deadline;
+#[cfg(feature = "postgres")]
+pub mod postgres;
 pub mod provenance;
 pub mod recording;
 mod schema;
@@ -126,6 +131,50 @@ pub trait ContextStore: Send + Sync {
     fn get_global(&self, key: &str) -> Result<Option<Value>, ContextStoreError> {
         decode(self.get_global_text(key)?)
     }
+
+    /// Leases on flow nodes, for a store that workers on several hosts
+    /// share: `None` (the default) when every run has one process, as with
+    /// an SQLite file. See [`claims`].
+    fn node_claims(&self) -> Option<&dyn claims::NodeClaims> {
+        None
+    }
+}
+
+/// Whether `url` names a PostgreSQL database (`postgres://…` or `postgresql://…`).
+pub fn is_postgres_url(url: &str) -> bool {
+    let lower = url.get(..13).unwrap_or(url).to_ascii_lowercase();
+    lower.starts_with("postgres://") || lower.starts_with("postgresql://")
+}
+
+/// Opens the store a URL names: `postgres://…` or `postgresql://…` a
+/// PostgreSQL database ([`postgres::PostgresContextStore::connect`], with
+/// the `postgres` feature), anything else an SQLite file path
+/// ([`sqlite::SqliteContextStore::open`]).
+pub fn open_url(url: &str) -> Result<Arc<dyn ContextStore>, ContextStoreError> {
+    if is_postgres_url(url) {
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(postgres::PostgresContextStore::connect(url)?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(ContextStoreError::StorageError(
+            "this build has no PostgreSQL support (the `postgres` feature)".into(),
+        ));
+    }
+    Ok(Arc::new(sqlite::SqliteContextStore::open(url)?))
+}
+
+/// Opens the store that `url` names for reading only: for an SQLite file,
+/// nothing is created or migrated and a read-only file works (see
+/// [`SqliteContextStore::open_read_only`](sqlite::SqliteContextStore::open_read_only));
+/// a PostgreSQL database is opened as by [`open_url`] (its schema must
+/// already be current or is migrated by the server-side lock).
+pub fn open_url_read_only(url: &str) -> Result<Arc<dyn ContextStore>, ContextStoreError> {
+    if is_postgres_url(url) {
+        return open_url(url);
+    }
+    Ok(Arc::new(sqlite::SqliteContextStore::open_read_only(
+        url,
+        sqlite::SqliteOptions::default(),
+    )?))
 }
 
 /// A value's text for the store: [`ContextStoreError::SerializationFailed`]
