@@ -25,9 +25,9 @@ use postgres::{Client, Config, NoTls};
 use r2d2_postgres::PostgresConnectionManager;
 use uuid::Uuid;
 
-use super::ContextStore;
 use super::claims::{Claim, ClaimRecord, NodeClaims};
 use super::deadline;
+use super::{ContextStore, Provenance};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
@@ -64,6 +64,15 @@ const MIGRATIONS: &[&str] = &[
         finished_at timestamptz,
         PRIMARY KEY (flow_run_id, node_id)
     );",
+    // 2: provenance beside each output (NULL for outputs written without).
+    "ALTER TABLE contextstore_outputs
+        ADD COLUMN component_hash text,
+        ADD COLUMN params_hash    text,
+        ADD COLUMN upstream_hash  text,
+        ADD COLUMN attempt        bigint,
+        ADD COLUMN host           text,
+        ADD COLUMN started_at     bigint,
+        ADD COLUMN ended_at       bigint;",
 ];
 
 /// The schema version this build writes.
@@ -414,6 +423,76 @@ impl ContextStore for PostgresContextStore {
             }
             Err(e) => Err(error(e)),
         }
+    }
+
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        let p = provenance;
+        let attempt = i64::from(p.attempt);
+        let result = self.with(|c| {
+            c.execute(
+                "INSERT INTO contextstore_outputs (flow_run_id, node_id, value, component_hash,
+                     params_hash, upstream_hash, attempt, host, started_at, ended_at)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+                &[
+                    &flow_run_id.as_uuid(),
+                    &node_id.as_uuid(),
+                    &value.as_str(),
+                    &p.component_hash,
+                    &p.params_hash,
+                    &p.upstream_hash,
+                    &attempt,
+                    &p.host,
+                    &p.started_at,
+                    &p.ended_at,
+                ],
+            )
+        })?;
+        match result {
+            Ok(_) => Ok(()),
+            Err(e) if is_unique_violation(&e, "contextstore_outputs_pkey") => {
+                Err(ContextStoreError::AlreadyExists {
+                    flow_run_id,
+                    node_id,
+                })
+            }
+            Err(e) => Err(error(e)),
+        }
+    }
+
+    fn provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        let row = self
+            .with(|c| {
+                c.query_opt(
+                    "SELECT component_hash, params_hash, upstream_hash, attempt, host, started_at, ended_at
+                     FROM contextstore_outputs
+                     WHERE flow_run_id = $1 AND node_id = $2 AND component_hash IS NOT NULL",
+                    &[&flow_run_id.as_uuid(), &node_id.as_uuid()],
+                )
+            })?
+            .map_err(error)?;
+        row.map(|r| -> Result<Provenance, postgres::Error> {
+            Ok(Provenance {
+                component_hash: r.try_get(0)?,
+                params_hash: r.try_get(1)?,
+                upstream_hash: r.try_get(2)?,
+                attempt: u32::try_from(r.try_get::<_, i64>(3)?).unwrap_or(u32::MAX),
+                host: r.try_get(4)?,
+                started_at: r.try_get(5)?,
+                ended_at: r.try_get(6)?,
+            })
+        })
+        .transpose()
+        .map_err(error)
     }
 
     fn get_text(
