@@ -400,40 +400,18 @@ fn millis(d: Duration) -> i64 {
     i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
 }
 
-impl ContextStore for PostgresContextStore {
-    fn put_text(
+impl PostgresContextStore {
+    /// Writes an output once, with its provenance if it has one (the
+    /// provenance columns are NULL otherwise).
+    fn insert_output(
         &self,
         flow_run_id: FlowRunId,
         node_id: NodeId,
         value: &JsonText,
-    ) -> Result<(), ContextStoreError> {
-        let result = self.with(|c| {
-            c.execute(
-                "INSERT INTO contextstore_outputs (flow_run_id, node_id, value) VALUES ($1, $2, $3)",
-                &[&flow_run_id.as_uuid(), &node_id.as_uuid(), &value.as_str()],
-            )
-        })?;
-        match result {
-            Ok(_) => Ok(()),
-            Err(e) if is_unique_violation(&e, "contextstore_outputs_pkey") => {
-                Err(ContextStoreError::AlreadyExists {
-                    flow_run_id,
-                    node_id,
-                })
-            }
-            Err(e) => Err(error(e)),
-        }
-    }
-
-    fn put_text_with_provenance(
-        &self,
-        flow_run_id: FlowRunId,
-        node_id: NodeId,
-        value: &JsonText,
-        provenance: &Provenance,
+        provenance: Option<&Provenance>,
     ) -> Result<(), ContextStoreError> {
         let p = provenance;
-        let attempt = i64::from(p.attempt);
+        let attempt = p.map(|p| i64::from(p.attempt));
         let result = self.with(|c| {
             c.execute(
                 "INSERT INTO contextstore_outputs (flow_run_id, node_id, value, component_hash,
@@ -443,13 +421,13 @@ impl ContextStore for PostgresContextStore {
                     &flow_run_id.as_uuid(),
                     &node_id.as_uuid(),
                     &value.as_str(),
-                    &p.component_hash,
-                    &p.params_hash,
-                    &p.upstream_hash,
+                    &p.map(|p| p.component_hash.as_str()),
+                    &p.map(|p| p.params_hash.as_str()),
+                    &p.map(|p| p.upstream_hash.as_str()),
                     &attempt,
-                    &p.host,
-                    &p.started_at,
-                    &p.ended_at,
+                    &p.map(|p| p.host.as_str()),
+                    &p.map(|p| p.started_at),
+                    &p.map(|p| p.ended_at),
                 ],
             )
         })?;
@@ -463,6 +441,27 @@ impl ContextStore for PostgresContextStore {
             }
             Err(e) => Err(error(e)),
         }
+    }
+}
+
+impl ContextStore for PostgresContextStore {
+    fn put_text(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError> {
+        self.insert_output(flow_run_id, node_id, value, None)
+    }
+
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        self.insert_output(flow_run_id, node_id, value, Some(provenance))
     }
 
     fn provenance(
