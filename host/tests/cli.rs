@@ -89,7 +89,8 @@ fn globals_round(db: &str) {
 
     let got = contextstore(&["global", "get", "--db", db, "k"]);
     assert_eq!(got.status.code(), Some(0));
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "{\"a\":[1,2]}\n");
+    // Exactly as written.
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "{\"a\": [1, 2]}\n");
 
     let again = contextstore(&["global", "put", "--db", db, "k", "2"]);
     assert_one_error_line(&again, "global \"k\" already exists");
@@ -118,11 +119,12 @@ fn global_put_reads_stdin_when_the_value_is_omitted() {
         .stdin
         .take()
         .unwrap()
-        .write_all(b"[true, null]")
+        .write_all(b"[true, null]\n")
         .unwrap();
     assert!(child.wait().unwrap().success());
     let got = contextstore(&["global", "get", "--db", db.to_str().unwrap(), "from-stdin"]);
-    assert_eq!(String::from_utf8_lossy(&got.stdout), "[true,null]\n");
+    // Exactly as written, less the newline around the document.
+    assert_eq!(String::from_utf8_lossy(&got.stdout), "[true, null]\n");
 }
 
 #[test]

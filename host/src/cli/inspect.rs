@@ -142,5 +142,13 @@ fn value_argument(json: Option<String>) -> anyhow::Result<JsonText> {
             text
         }
     };
+    // Whitespace around the document (the newline `echo` adds) is not part
+    // of it; the document itself is kept exactly as written.
+    let trimmed = text.trim();
+    let text = if trimmed.len() == text.len() {
+        text
+    } else {
+        trimmed.to_owned()
+    };
     JsonText::parse(text, json::MAX_DEPTH).context("invalid JSON in the value")
 }
