@@ -92,11 +92,22 @@ fn store_errors_are_passed_on_typed() {
     assert_eq!(store.get_global("secret/key").unwrap(), None);
 
     // The second write of the output fails with already-exists, which the
-    // step passes on: the host reads that as "done", with the first value.
+    // step passes on: its first write stored the output, so the node is
+    // done (by this run), with the passed-on error as the warning.
     let (result, ..) = run_mode("twice", None);
     let outcome = result.unwrap();
-    assert_eq!(outcome.status, StepStatus::AlreadyDone);
+    assert_eq!(outcome.status, StepStatus::Ran);
     assert_eq!(outcome.output.as_str(), "1");
+    assert!(
+        matches!(
+            &outcome.warning,
+            Some(contextstore::StepError::Failed(GuestFailure::Store(
+                GuestStoreError::AlreadyExists
+            )))
+        ),
+        "{:?}",
+        outcome.warning
+    );
 }
 
 #[test]
