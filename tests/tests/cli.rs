@@ -398,7 +398,10 @@ fn deep_json_is_a_clear_error_at_every_entry_point() {
     );
     assert_one_error_line(&from_stdin, "nesting depth");
     // A refused value is refused before any store is opened: nothing written.
-    assert!(!std::path::Path::new(db).exists(), "a refused value made a database");
+    assert!(
+        !std::path::Path::new(db).exists(),
+        "a refused value made a database"
+    );
 
     let params = run_step(components::GREET, db, GREET, &["--params", &deep]);
     assert_one_error_line(&params, "invalid JSON in --params");
