@@ -8,6 +8,7 @@
 //   huge-key          putGlobal("hostile/kkk…", "1") with a 1 MiB key
 //   chatty-stderr     1 MiB of console.error lines, then throws
 //                     Error("chatty-stderr: the panic after the chatter")
+//                     out of `run` unhandled, and jco traps (a crash)
 //   round-trip        puts ROUND_TRIP as this node's output, gets it back, and
 //                     fails unless it is the same text (then returns)
 //
@@ -58,7 +59,7 @@ function spin() {
   }
 }
 
-export const run = exportStep((ctx) => {
+const step = exportStep((ctx) => {
   const params = ctx.params(); // InvalidParams when not JSON
   if (params === null || typeof params !== 'object' || Array.isArray(params)) {
     throw new InvalidParams('params must be a JSON object');
@@ -88,9 +89,7 @@ export const run = exportStep((ctx) => {
       badCall = () => putGlobalText(key, '1');
       break;
     }
-    case 'chatty-stderr':
-      badCall = chatterThenThrow;
-      break;
+    // 'chatty-stderr' is handled in `run`, outside the SDK.
     case 'round-trip':
       roundTrip(ctx);
       return;
@@ -101,3 +100,20 @@ export const run = exportStep((ctx) => {
   badCall(); // a refused call throws a StoreError: the store's error, unchanged
   throw new Failed(`${mode}: bad call was allowed`);
 });
+
+// Whether the parameters ask for `chatty-stderr`.
+function isChattyStderr(paramsJson) {
+  try {
+    return JSON.parse(paramsJson)?.mode === 'chatty-stderr';
+  } catch {
+    return false;
+  }
+}
+
+// `chatty-stderr` ends in a crash, as a panic does in Rust: its error must
+// leave `run` as it is, for jco traps on an error that carries no step-error.
+// exportStep turns every error into a step error, so that mode runs outside it.
+export function run(invocation) {
+  if (isChattyStderr(invocation.params)) chatterThenThrow();
+  step(invocation);
+}
