@@ -99,5 +99,5 @@ build() {
 }
 
 build count.c c-count.wasm contextstore_step.c
-build hostile.c c-hostile.wasm
+build hostile.c c-hostile.wasm contextstore_step.c
 build sdk_test.c c-sdk-test.wasm contextstore_step.c

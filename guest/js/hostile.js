@@ -8,27 +8,31 @@
 //   huge-key          putGlobal("hostile/kkk…", "1") with a 1 MiB key
 //   chatty-stderr     1 MiB of console.error lines, then throws
 //                     Error("chatty-stderr: the panic after the chatter")
+//                     out of `run` unhandled, and jco traps (a crash)
 //   round-trip        puts ROUND_TRIP as this node's output, gets it back, and
 //                     fails unless it is the same text (then returns)
 //
-// The store's error is returned unchanged as `step-error.store(<error>)`, so
-// the host sees the same typed error from every language. If the call is
-// allowed, the step fails with `failed("<mode>: bad call was allowed")`.
+// Built on the SDK in contextstore-step.js. The bad calls go through its raw
+// text calls (putText, putGlobalText), so the text reaches the host as
+// written; the StoreError they throw leaves the step, and the SDK passes the
+// store's error back unchanged as `step-error.store(<error>)`: the host sees
+// the same typed error from every language. If the call is allowed, the step
+// fails with `failed("<mode>: bad call was allowed")`.
 
-import { get, put, putGlobal } from 'worldinterface:contextstore/store@0.1.0';
+import {
+  Failed,
+  InvalidParams,
+  exportStep,
+  getText,
+  putGlobalText,
+  putText,
+} from './contextstore-step.js';
 
 // Big integers, -0, a duplicate key and \u escapes: text that a parse and
 // re-serialize would change.
 const ROUND_TRIP =
   '[123456789012345678901234567890,18446744073709551616,-0,{"a":1,"a":2},' +
   '"\\u00e9\\ud83d\\ude00"]';
-
-class StepError extends Error {
-  constructor(tag, val) {
-    super(`${tag}: ${typeof val === 'string' ? val : JSON.stringify(val)}`);
-    this.payload = { tag, val };
-  }
-}
 
 // Keeps the loop observable, so no engine may drop it.
 globalThis.spins = 0;
@@ -41,17 +45,11 @@ function chatterThenThrow() {
   throw new Error('chatty-stderr: the panic after the chatter');
 }
 
-function roundTrip(flowRunId, nodeId) {
-  let back;
-  try {
-    put(flowRunId, nodeId, ROUND_TRIP);
-    back = get(flowRunId, nodeId);
-  } catch (e) {
-    if (e && e.payload) throw new StepError('store', e.payload);
-    throw e;
-  }
+function roundTrip(ctx) {
+  putText(ctx.flowRunId, ctx.nodeId, ROUND_TRIP);
+  const back = getText(ctx.flowRunId, ctx.nodeId);
   if (back !== ROUND_TRIP) {
-    throw new StepError('failed', `round-trip: the output came back as ${JSON.stringify(back)}`);
+    throw new Failed(`round-trip: the output came back as ${JSON.stringify(back)}`);
   }
 }
 
@@ -61,56 +59,61 @@ function spin() {
   }
 }
 
-export function run(invocation) {
-  let params;
-  try {
-    params = JSON.parse(invocation.params);
-  } catch (e) {
-    throw new StepError('invalid-params', `params are not JSON: ${e.message}`);
-  }
+const step = exportStep((ctx) => {
+  const params = ctx.params(); // InvalidParams when not JSON
   if (params === null || typeof params !== 'object' || Array.isArray(params)) {
-    throw new StepError('invalid-params', 'params must be a JSON object');
+    throw new InvalidParams('params must be a JSON object');
   }
 
   const { mode, target } = params;
-  const { flowRunId, nodeId } = invocation;
+  const { flowRunId, nodeId } = ctx;
   let badCall;
   switch (mode) {
     case 'ungranted-global':
-      badCall = () => putGlobal('secret/key', '1');
+      badCall = () => putGlobalText('secret/key', '1');
       break;
     case 'write-other-node':
       if (typeof target !== 'string') {
-        throw new StepError('invalid-params', '"target" must be a string');
+        throw new InvalidParams('"target" must be a string');
       }
-      badCall = () => put(flowRunId, target, '1');
+      badCall = () => putText(flowRunId, target, '1');
       break;
     case 'invalid-json':
-      badCall = () => put(flowRunId, nodeId, '{not json');
+      badCall = () => putText(flowRunId, nodeId, '{not json');
       break;
     case 'loop':
       badCall = spin;
       break;
     case 'huge-key': {
       const key = 'hostile/' + 'k'.repeat((1 << 20) - 'hostile/'.length);
-      badCall = () => putGlobal(key, '1');
+      badCall = () => putGlobalText(key, '1');
       break;
     }
-    case 'chatty-stderr':
-      badCall = chatterThenThrow;
-      break;
+    // 'chatty-stderr' is handled in `run`, outside the SDK.
     case 'round-trip':
-      roundTrip(flowRunId, nodeId);
+      roundTrip(ctx);
       return;
     default:
-      throw new StepError('invalid-params', `unknown mode ${JSON.stringify(mode ?? null)}`);
+      throw new InvalidParams(`unknown mode ${JSON.stringify(mode ?? null)}`);
   }
 
+  badCall(); // a refused call throws a StoreError: the store's error, unchanged
+  throw new Failed(`${mode}: bad call was allowed`);
+});
+
+// Whether the parameters ask for `chatty-stderr`.
+function isChattyStderr(paramsJson) {
   try {
-    badCall();
-  } catch (e) {
-    if (e && e.payload) throw new StepError('store', e.payload); // unchanged
-    throw e;
+    return JSON.parse(paramsJson)?.mode === 'chatty-stderr';
+  } catch {
+    return false;
   }
-  throw new StepError('failed', `${mode}: bad call was allowed`);
+}
+
+// `chatty-stderr` ends in a crash, as a panic does in Rust: its error must
+// leave `run` as it is, for jco traps on an error that carries no step-error.
+// exportStep turns every error into a step error, so that mode runs outside it.
+export function run(invocation) {
+  if (isChattyStderr(invocation.params)) chatterThenThrow();
+  step(invocation);
 }

@@ -13,25 +13,27 @@ Params: {"mode": "...", "target": "<uuid>"} with the modes
 * `round-trip`:       puts `ROUND_TRIP` as this node's output, gets it back,
                       and fails unless it is the same text (then returns).
 
-The store's error is returned unchanged as `step-error.store(<error>)`, so the
-host sees the same typed error from every language. If the call is allowed,
-the step fails with `failed("<mode>: bad call was allowed")`.
+Built on the SDK in `contextstore_step.py`. The bad calls go through its
+raw text calls (`put_text`, `put_global_text`), so the text reaches the host
+as written; the `StoreError` they raise leaves the step, and the SDK passes
+the store's error back unchanged as `step-error.store(<error>)`: the host
+sees the same typed error from every language. If the call is allowed, the
+step fails with `failed("<mode>: bad call was allowed")`.
 """
 
 import json
 import sys
 import time
 
-import wit_world
-from componentize_py_types import Err
-from wit_world.imports import store
-from wit_world.imports.types import (
-    Invocation,
-    StepError_Failed,
-    StepError_InvalidParams,
-    StepError_Store,
+from contextstore_step import (
+    Context,
+    Failed,
+    InvalidParams,
+    export,
+    get_text,
+    put_global_text,
+    put_text,
 )
-
 
 # Big integers, -0, a duplicate key and \u escapes: text that a parse and
 # re-serialize would change.
@@ -43,7 +45,7 @@ ROUND_TRIP = (
 
 def sleep_an_hour() -> None:
     time.sleep(3600)
-    raise Err(StepError_Failed("sleep: woke up after an hour"))
+    raise Failed("sleep: woke up after an hour")
 
 
 def chatter_then_raise() -> None:
@@ -53,14 +55,11 @@ def chatter_then_raise() -> None:
     raise RuntimeError("chatty-stderr: the panic after the chatter")
 
 
-def round_trip(run_id: str, node_id: str) -> None:
-    try:
-        store.put(run_id, node_id, ROUND_TRIP)
-        back = store.get(run_id, node_id)
-    except Err as e:
-        raise Err(StepError_Store(e.value))
+def round_trip(ctx: Context) -> None:
+    put_text(ctx.flow_run_id, ctx.node_id, ROUND_TRIP)
+    back = get_text(ctx.flow_run_id, ctx.node_id)
     if back != ROUND_TRIP:
-        raise Err(StepError_Failed(f"round-trip: the output came back as {back!r}"))
+        raise Failed(f"round-trip: the output came back as {back!r}")
 
 
 def spin() -> None:
@@ -70,42 +69,38 @@ def spin() -> None:
         n += 1
 
 
-class WitWorld(wit_world.WitWorld):
-    def run(self, invocation: Invocation) -> None:
-        try:
-            params = json.loads(invocation.params)
-        except ValueError as e:
-            raise Err(StepError_InvalidParams(f"params are not JSON: {e}"))
-        if not isinstance(params, dict):
-            raise Err(StepError_InvalidParams("params must be a JSON object"))
+def hostile(ctx: Context) -> None:
+    params = ctx.params()  # InvalidParams when not JSON
+    if not isinstance(params, dict):
+        raise InvalidParams("params must be a JSON object")
 
-        mode = params.get("mode")
-        run_id, node_id = invocation.flow_run_id, invocation.node_id
-        if mode == "ungranted-global":
-            bad_call = lambda: store.put_global("secret/key", "1")
-        elif mode == "write-other-node":
-            target = params.get("target")
-            if not isinstance(target, str):
-                raise Err(StepError_InvalidParams('"target" must be a string'))
-            bad_call = lambda: store.put(run_id, target, "1")
-        elif mode == "invalid-json":
-            bad_call = lambda: store.put(run_id, node_id, "{not json")
-        elif mode == "loop":
-            bad_call = spin
-        elif mode == "sleep":
-            bad_call = sleep_an_hour
-        elif mode == "huge-key":
-            key = "hostile/" + "k" * ((1 << 20) - len("hostile/"))
-            bad_call = lambda: store.put_global(key, "1")
-        elif mode == "chatty-stderr":
-            bad_call = chatter_then_raise
-        elif mode == "round-trip":
-            return round_trip(run_id, node_id)
-        else:
-            raise Err(StepError_InvalidParams(f"unknown mode {json.dumps(mode)}"))
+    mode = params.get("mode")
+    run_id, node_id = ctx.flow_run_id, ctx.node_id
+    if mode == "ungranted-global":
+        bad_call = lambda: put_global_text("secret/key", "1")
+    elif mode == "write-other-node":
+        target = params.get("target")
+        if not isinstance(target, str):
+            raise InvalidParams('"target" must be a string')
+        bad_call = lambda: put_text(run_id, target, "1")
+    elif mode == "invalid-json":
+        bad_call = lambda: put_text(run_id, node_id, "{not json")
+    elif mode == "loop":
+        bad_call = spin
+    elif mode == "sleep":
+        bad_call = sleep_an_hour
+    elif mode == "huge-key":
+        key = "hostile/" + "k" * ((1 << 20) - len("hostile/"))
+        bad_call = lambda: put_global_text(key, "1")
+    elif mode == "chatty-stderr":
+        bad_call = chatter_then_raise
+    elif mode == "round-trip":
+        return round_trip(ctx)
+    else:
+        raise InvalidParams(f"unknown mode {json.dumps(mode)}")
 
-        try:
-            bad_call()
-        except Err as e:
-            raise Err(StepError_Store(e.value))  # the store's error, unchanged
-        raise Err(StepError_Failed(f"{mode}: bad call was allowed"))
+    bad_call()  # a refused call raises a StoreError: the store's error, unchanged
+    raise Failed(f"{mode}: bad call was allowed")
+
+
+WitWorld = export(hostile)  # componentize-py exports the class named WitWorld
