@@ -22,32 +22,8 @@ use std::time::{Duration, Instant};
 
 use contextstore::store::claims::NodeClaims;
 use contextstore::{ContextStore, FlowRunId, PostgresContextStore, flow};
-use contextstore_tests::{cli_binary, postgres_cluster, write_layered_flow};
+use contextstore_tests::{Rng, cli_binary, env_or, postgres_cluster, write_layered_flow};
 use serde_json::Value;
-
-/// SplitMix64: a small seeded generator, so that a failing seed can be replayed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n.max(1)
-    }
-}
-
-fn env_or(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
-}
 
 const WORKERS: usize = 4;
 const WIDTH: usize = 20;
