@@ -4,6 +4,10 @@
 
 use std::process::{Command, Output};
 
+#[path = "support/process.rs"]
+mod process;
+use process::wait_at_most;
+
 fn contextstore(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_contextstore"))
         .args(args)
@@ -392,19 +396,6 @@ fn a_closed_stdout_ends_list_quietly() {
         "{text}"
     );
     assert_eq!(out.status.code(), Some(0), "{text}");
-}
-
-/// Waits for `child`, killing it and failing after `limit`.
-fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Output {
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]

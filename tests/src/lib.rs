@@ -18,6 +18,9 @@ pub mod components {
 /// database per test.
 #[path = "../../host/tests/support/postgres_cluster.rs"]
 pub mod postgres_cluster;
+/// Waiting for a child process without hanging the test.
+#[path = "../../host/tests/support/process.rs"]
+pub mod process;
 
 /// A component built by `guest/build-all.sh` (Python, JavaScript and C
 /// steps) into `target/components/`.

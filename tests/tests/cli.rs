@@ -4,6 +4,7 @@
 use std::io::Write as _;
 use std::process::{Command, Output, Stdio};
 
+use contextstore_tests::process::wait_at_most;
 use contextstore_tests::{cli, cli_binary, components};
 
 /// `contextstore run COMPONENT --db DB --node NODE --flow-run RUN EXTRA…`.
@@ -181,19 +182,6 @@ fn diamond_flow(dir: &std::path::Path) -> std::path::PathBuf {
     );
     std::fs::write(&flow, text).unwrap();
     flow
-}
-
-/// Waits for `child`, killing it and failing after `limit`.
-fn wait_at_most(mut child: std::process::Child, limit: std::time::Duration) -> Output {
-    let start = std::time::Instant::now();
-    while child.try_wait().unwrap().is_none() {
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("still running after {limit:?}");
-        }
-        std::thread::sleep(std::time::Duration::from_millis(20));
-    }
-    child.wait_with_output().unwrap()
 }
 
 #[test]
