@@ -55,13 +55,7 @@ impl JsonText {
 
     /// The compact text of `value`; fails if it nests deeper than [`MAX_DEPTH`].
     pub fn from_value(value: &Value) -> Result<Self, JsonError> {
-        let depth = value_depth(value, MAX_DEPTH);
-        if depth > MAX_DEPTH {
-            return Err(JsonError::TooDeep {
-                depth,
-                limit: MAX_DEPTH,
-            });
-        }
+        within(value_depth(value, MAX_DEPTH), MAX_DEPTH)?;
         serde_json::to_string(value)
             .map(Self)
             .map_err(|e| JsonError::Syntax(e.to_string()))
@@ -135,10 +129,7 @@ impl AsRef<str> for JsonText {
 /// serde_json's skipping parser, which keeps its own stack on the heap.
 pub fn validate(text: &str, max_depth: usize) -> Result<(), JsonError> {
     let limit = max_depth.min(MAX_DEPTH);
-    let depth = nesting_depth(text, limit);
-    if depth > limit {
-        return Err(JsonError::TooDeep { depth, limit });
-    }
+    within(nesting_depth(text, limit), limit)?;
     let mut de = serde_json::Deserializer::from_str(text);
     // The depth scan above already bounds the nesting.
     de.disable_recursion_limit();
@@ -146,17 +137,19 @@ pub fn validate(text: &str, max_depth: usize) -> Result<(), JsonError> {
     de.end().map_err(|e| JsonError::Syntax(e.to_string()))
 }
 
+/// `Ok` if `depth` is within `limit`.
+fn within(depth: usize, limit: usize) -> Result<(), JsonError> {
+    if depth > limit {
+        return Err(JsonError::TooDeep { depth, limit });
+    }
+    Ok(())
+}
+
 /// Parses JSON text into a value. Refuses documents deeper than
 /// [`MAX_DEPTH`] before building anything, and parses on a heap-grown stack
 /// (`serde_stacker`), so no text can overflow the stack.
 pub fn parse(text: &str) -> Result<Value, JsonError> {
-    let depth = nesting_depth(text, MAX_DEPTH);
-    if depth > MAX_DEPTH {
-        return Err(JsonError::TooDeep {
-            depth,
-            limit: MAX_DEPTH,
-        });
-    }
+    within(nesting_depth(text, MAX_DEPTH), MAX_DEPTH)?;
     let mut de = serde_json::Deserializer::from_str(text);
     de.disable_recursion_limit();
     let value = Value::deserialize(serde_stacker::Deserializer::new(&mut de))

@@ -8,6 +8,7 @@
 //! deadline and backends use their own timeouts.
 
 use std::cell::Cell;
+use std::thread::LocalKey;
 use std::time::Instant;
 
 thread_local! {
@@ -17,17 +18,24 @@ thread_local! {
 /// Runs `f` with `deadline` as the current call deadline on this thread
 /// (the earlier of it and any deadline already set).
 pub fn with_deadline<T>(deadline: Instant, f: impl FnOnce() -> T) -> T {
-    let outer = current();
-    let inner = outer.map_or(deadline, |o| o.min(deadline));
-    DEADLINE.with(|d| d.set(Some(inner)));
-    // Restore the outer deadline even if `f` panics.
-    struct Restore(Option<Instant>);
+    let inner = current().map_or(deadline, |outer| outer.min(deadline));
+    scoped(&DEADLINE, inner, f)
+}
+
+/// Runs `f` with the thread-local `key` set to `value`, and restores the
+/// value it had before afterwards, even if `f` panics.
+pub(crate) fn scoped<T>(
+    key: &'static LocalKey<Cell<Option<Instant>>>,
+    value: Instant,
+    f: impl FnOnce() -> T,
+) -> T {
+    struct Restore(&'static LocalKey<Cell<Option<Instant>>>, Option<Instant>);
     impl Drop for Restore {
         fn drop(&mut self) {
-            DEADLINE.with(|d| d.set(self.0));
+            self.0.with(|cell| cell.set(self.1));
         }
     }
-    let _restore = Restore(outer);
+    let _restore = Restore(key, key.with(|cell| cell.replace(Some(value))));
     f()
 }
 

@@ -289,15 +289,7 @@ mod busy {
 
     /// Runs `f` with `give_up` as this thread's busy give-up time.
     pub fn wait_until<T>(give_up: Instant, f: impl FnOnce() -> T) -> T {
-        let outer = GIVE_UP.with(|g| g.replace(Some(give_up)));
-        struct Restore(Option<Instant>);
-        impl Drop for Restore {
-            fn drop(&mut self) {
-                GIVE_UP.with(|g| g.set(self.0));
-            }
-        }
-        let _restore = Restore(outer);
-        f()
+        crate::store::deadline::scoped(&GIVE_UP, give_up, f)
     }
 
     /// SQLite's busy handler: `true` to try again, `false` to give up
