@@ -34,6 +34,34 @@ pub enum ContextStoreError {
     /// The storage backend failed (I/O, corruption, locking, schema).
     #[error("storage error: {0}")]
     StorageError(String),
+
+    /// The call's deadline passed before it was done. A call answered
+    /// this way was not applied and never will be (a write caught inside
+    /// its commit is answered with the commit's result instead).
+    #[error("deadline passed: {0}")]
+    Timeout(String),
+
+    /// A write made under a claim that is no longer current: another worker
+    /// took the node over (its fencing token is newer), or the claim was
+    /// given up. Nothing was written.
+    #[error("fenced: the claim on ({flow_run_id}, {node_id}) with token {token} is no longer current")]
+    Fenced {
+        /// The run of the refused write's claim.
+        flow_run_id: FlowRunId,
+        /// The node of the refused write's claim.
+        node_id: NodeId,
+        /// The stale token the write carried.
+        token: i64,
+    },
+}
+
+impl ContextStoreError {
+    /// Whether the error may pass if the call is tried again: the backend
+    /// was unreachable, restarting or out of time, as opposed to a refusal
+    /// (write-once, fencing, a bad value) that would come back the same.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Self::StorageError(_) | Self::Timeout(_))
+    }
 }
 
 impl From<rusqlite::Error> for ContextStoreError {

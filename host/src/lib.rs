@@ -49,6 +49,8 @@
 //! time, tracing and uuid.
 #![warn(missing_docs)]
 
+#[cfg(feature = "async")]
+pub mod coord;
 pub mod error;
 #[cfg(feature = "flow")]
 pub mod flow;

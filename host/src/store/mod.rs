@@ -5,12 +5,18 @@ use serde_json::Value;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+pub use call::{CallContext, Fence};
 pub use provenance::Provenance;
 
 use std::sync::Arc;
 
+#[cfg(feature = "async")]
+pub mod async_store;
+#[cfg(feature = "async")]
+pub use async_store::{AsyncContextStore, to_async};
+
 pub mod atomic;
-pub mod claims;
+pub mod call;
 pub mod deadline;
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -132,10 +138,11 @@ pub trait ContextStore: Send + Sync {
         decode(self.get_global_text(key)?)
     }
 
-    /// Leases on flow nodes, for a store that workers on several hosts
-    /// share: `None` (the default) when every run has one process, as with
-    /// an SQLite file. See [`claims`].
-    fn node_claims(&self) -> Option<&dyn claims::NodeClaims> {
+    /// The backend's own async interface, where it has one (this crate's
+    /// backends do): what [`to_async`] uses instead of running each call on
+    /// a blocking thread. `None` by default.
+    #[cfg(feature = "async")]
+    fn as_async(&self) -> Option<&dyn AsyncContextStore> {
         None
     }
 }
@@ -162,14 +169,21 @@ pub fn open_url(url: &str) -> Result<Arc<dyn ContextStore>, ContextStoreError> {
     Ok(Arc::new(sqlite::SqliteContextStore::open(url)?))
 }
 
-/// Opens the store that `url` names for reading only: for an SQLite file,
-/// nothing is created or migrated and a read-only file works (see
+/// Opens the store that `url` names for reading only: nothing is created
+/// or migrated. For an SQLite file a read-only file works (see
 /// [`SqliteContextStore::open_read_only`](sqlite::SqliteContextStore::open_read_only));
-/// a PostgreSQL database is opened as by [`open_url`] (its schema must
-/// already be current or is migrated by the server-side lock).
+/// a PostgreSQL database must already hold this build's schema
+/// ([`postgres::PostgresContextStore::connect_read_only`]): no DDL runs.
 pub fn open_url_read_only(url: &str) -> Result<Arc<dyn ContextStore>, ContextStoreError> {
     if is_postgres_url(url) {
-        return open_url(url);
+        #[cfg(feature = "postgres")]
+        return Ok(Arc::new(postgres::PostgresContextStore::connect_read_only(
+            url,
+        )?));
+        #[cfg(not(feature = "postgres"))]
+        return Err(ContextStoreError::StorageError(
+            "this build has no PostgreSQL support (the `postgres` feature)".into(),
+        ));
     }
     Ok(Arc::new(sqlite::SqliteContextStore::open_read_only(
         url,

@@ -1,0 +1,225 @@
+//! [`AsyncContextStore`]: the store as the runtime and the flow runner use
+//! it. Every call is async and carries its [`CallContext`] (deadline, and
+//! on a shared run the claim it runs under) explicitly.
+//!
+//! The rule for every backend: a call answered with an error because its
+//! deadline passed is never applied afterwards, and a call answered `Ok` is
+//! durable. A write already inside a committing transaction when the
+//! deadline passes is answered with that commit's result.
+//!
+//! The seed's synchronous [`ContextStore`] stays for embedders; the
+//! backends of this crate implement both. [`to_async`] gives the async view
+//! of any `Arc<dyn ContextStore>`: the backend's own when it has one
+//! ([`ContextStore::as_async`]), else an adapter that runs each call on a
+//! blocking thread (such a store cannot be stopped inside a call: the
+//! adapter stops waiting at the deadline, but the call may still finish).
+
+use std::sync::Arc;
+
+use crate::coord::Coordinator;
+use crate::error::ContextStoreError;
+use crate::id::{FlowRunId, NodeId};
+use crate::json::JsonText;
+use crate::store::{CallContext, ContextStore, Provenance};
+
+/// The store's calls, async, each with its context. See the [module docs](self).
+#[async_trait::async_trait]
+pub trait AsyncContextStore: Send + Sync {
+    /// Writes a node's output, write-once (see [`ContextStore::put_text`]),
+    /// with its provenance if given. Under a fence, refused with
+    /// [`ContextStoreError::Fenced`] unless the claim is current, and the
+    /// claim is finished in the same transaction.
+    async fn put(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: Option<&Provenance>,
+    ) -> Result<(), ContextStoreError>;
+
+    /// Reads a node's output as the exact text written.
+    async fn get(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<JsonText>, ContextStoreError>;
+
+    /// The node ids with an output in `flow_run_id`.
+    async fn list_keys(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+    ) -> Result<Vec<NodeId>, ContextStoreError>;
+
+    /// Writes a global, write-once (fenced as [`put`](Self::put)).
+    async fn put_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError>;
+
+    /// Writes or overwrites a global (fenced as [`put`](Self::put)).
+    async fn upsert_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError>;
+
+    /// Reads a global as the exact text written.
+    async fn get_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+    ) -> Result<Option<JsonText>, ContextStoreError>;
+
+    /// Where a node's output came from (see [`ContextStore::provenance`]).
+    async fn provenance(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError>;
+
+    /// The coordination of workers sharing runs, for a backend that many
+    /// processes share; `None` (the default) when every run has one process.
+    fn coordinator(&self) -> Option<&dyn Coordinator> {
+        None
+    }
+}
+
+/// The async view of `store`: its own ([`ContextStore::as_async`]), or an
+/// adapter that runs its synchronous calls on blocking threads.
+pub fn to_async(store: Arc<dyn ContextStore>) -> Arc<dyn AsyncContextStore> {
+    Arc::new(Adapter(store))
+}
+
+/// A synchronous store seen through the async interface.
+struct Adapter(Arc<dyn ContextStore>);
+
+/// Runs `f` on a blocking thread, waiting at most until the call's
+/// deadline; runs it inline where the caller may block.
+async fn blocking<T: Send + 'static>(
+    cx: &CallContext,
+    store: &Arc<dyn ContextStore>,
+    f: impl FnOnce(&dyn ContextStore) -> Result<T, ContextStoreError> + Send + 'static,
+) -> Result<T, ContextStoreError> {
+    if cx.expired() {
+        return Err(ContextStoreError::Timeout(
+            "the call's deadline passed before it started".into(),
+        ));
+    }
+    if cx.may_block || tokio::runtime::Handle::try_current().is_err() {
+        return f(store.as_ref());
+    }
+    let store = store.clone();
+    let task = tokio::task::spawn_blocking(move || f(store.as_ref()));
+    let joined = match cx.deadline {
+        Some(deadline) => match tokio::time::timeout_at(deadline.into(), task).await {
+            Ok(joined) => joined,
+            Err(_) => {
+                return Err(ContextStoreError::Timeout(
+                    "the store did not answer by the call's deadline".into(),
+                ));
+            }
+        },
+        None => task.await,
+    };
+    joined.map_err(|e| ContextStoreError::StorageError(format!("the store call failed: {e}")))?
+}
+
+macro_rules! delegate {
+    ($self:ident, $cx:ident, $native:ident => $call:expr, $store:ident => $fallback:expr) => {
+        match $self.0.as_async() {
+            Some($native) => $call.await,
+            None => blocking($cx, &$self.0, move |$store| $fallback).await,
+        }
+    };
+}
+
+#[async_trait::async_trait]
+impl AsyncContextStore for Adapter {
+    async fn put(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: Option<&Provenance>,
+    ) -> Result<(), ContextStoreError> {
+        let (owned, prov) = (value.clone(), provenance.cloned());
+        delegate!(self, cx, s => s.put(cx, flow_run_id, node_id, value, provenance),
+            store => match &prov {
+                Some(p) => store.put_text_with_provenance(flow_run_id, node_id, &owned, p),
+                None => store.put_text(flow_run_id, node_id, &owned),
+            })
+    }
+
+    async fn get(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<JsonText>, ContextStoreError> {
+        delegate!(self, cx, s => s.get(cx, flow_run_id, node_id),
+            store => store.get_text(flow_run_id, node_id))
+    }
+
+    async fn list_keys(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+    ) -> Result<Vec<NodeId>, ContextStoreError> {
+        delegate!(self, cx, s => s.list_keys(cx, flow_run_id),
+            store => store.list_keys(flow_run_id))
+    }
+
+    async fn put_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError> {
+        let (k, v) = (key.to_owned(), value.clone());
+        delegate!(self, cx, s => s.put_global(cx, key, value),
+            store => store.put_global_text(&k, &v))
+    }
+
+    async fn upsert_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError> {
+        let (k, v) = (key.to_owned(), value.clone());
+        delegate!(self, cx, s => s.upsert_global(cx, key, value),
+            store => store.upsert_global_text(&k, &v))
+    }
+
+    async fn get_global(
+        &self,
+        cx: &CallContext,
+        key: &str,
+    ) -> Result<Option<JsonText>, ContextStoreError> {
+        let k = key.to_owned();
+        delegate!(self, cx, s => s.get_global(cx, key),
+            store => store.get_global_text(&k))
+    }
+
+    async fn provenance(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        delegate!(self, cx, s => s.provenance(cx, flow_run_id, node_id),
+            store => store.provenance(flow_run_id, node_id))
+    }
+
+    fn coordinator(&self) -> Option<&dyn Coordinator> {
+        self.0.as_async().and_then(AsyncContextStore::coordinator)
+    }
+}
