@@ -7,14 +7,18 @@
 //! The type knows nothing of wasmtime, so that it can be tested and fuzzed
 //! on its own.
 
-use std::sync::Arc;
+use std::future::Future;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tokio::task::JoinHandle;
 
 use crate::error::ContextStoreError;
 use crate::grant::Grant;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::{JsonError, JsonText};
 use crate::limits::Limits;
-use crate::store::{ContextStore, Provenance, provenance};
+use crate::store::{AsyncContextStore, CallContext, Provenance, provenance};
 
 /// Why a guest's store call was refused: the WIT `error` variant, host side.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
@@ -71,25 +75,63 @@ impl From<ContextStoreError> for GuestStoreError {
 /// The result of a guest store call.
 pub type GuestResult<T> = Result<T, GuestStoreError>;
 
-/// One invocation's view of a [`ContextStore`], with its grant and limits.
+/// One invocation's view of the store, with its grant and limits. Every
+/// call it makes carries the invocation's [`CallContext`]: its deadline and,
+/// on a shared run, the claim it runs under.
 pub struct GuestStore {
-    store: Arc<dyn ContextStore>,
+    store: Arc<dyn AsyncContextStore>,
+    cx: CallContext,
     flow_run_id: FlowRunId,
     node_id: NodeId,
     grant: Grant,
     limits: Limits,
     writes: u32,
     lost_race: bool,
+    /// Whether a write was refused because the invocation's claim is no
+    /// longer current.
+    fenced: bool,
     /// The invocation's own output, once its `put` succeeded.
     own_output: Option<JsonText>,
     /// Stored with the invocation's own output, `ended_at` set at the put.
     provenance: Option<Provenance>,
+    /// Writes running as tasks of their own.
+    in_flight: InFlight,
+}
+
+/// The writes of one invocation that run as tasks of their own (when the
+/// caller may not block), so that a write whose caller was dropped at the
+/// deadline still reaches its end, and the host can wait for it to learn
+/// what the store holds.
+#[derive(Clone, Debug, Default)]
+pub struct InFlight(Arc<Mutex<Vec<JoinHandle<()>>>>);
+
+impl InFlight {
+    fn track(&self, task: JoinHandle<()>) {
+        let mut tasks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        tasks.retain(|t| !t.is_finished());
+        tasks.push(task);
+    }
+
+    /// Waits until every write has ended, or until `until`; `false` if some
+    /// write was still running then.
+    pub async fn settle(&self, until: Instant) -> bool {
+        let tasks: Vec<_> =
+            std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+        for task in tasks {
+            if tokio::time::timeout_at(until.into(), task).await.is_err() {
+                return false;
+            }
+        }
+        true
+    }
 }
 
 impl GuestStore {
-    /// The store as the invocation of `node_id` in `flow_run_id` may use it.
+    /// The store as the invocation of `node_id` in `flow_run_id` may use
+    /// it, every call made under `cx`.
     pub fn new(
-        store: Arc<dyn ContextStore>,
+        store: Arc<dyn AsyncContextStore>,
+        cx: CallContext,
         flow_run_id: FlowRunId,
         node_id: NodeId,
         grant: Grant,
@@ -97,15 +139,56 @@ impl GuestStore {
     ) -> Self {
         Self {
             store,
+            cx,
             flow_run_id,
             node_id,
             grant,
             limits,
             writes: 0,
             lost_race: false,
+            fenced: false,
             own_output: None,
             provenance: None,
+            in_flight: InFlight::default(),
         }
+    }
+
+    /// The writes running on tasks of their own, to wait for after the
+    /// invocation was stopped.
+    pub fn in_flight(&self) -> InFlight {
+        self.in_flight.clone()
+    }
+
+    /// Tracks this store's writes in `in_flight` (shared with the host, which
+    /// outlives the invocation's future).
+    pub fn tracking(mut self, in_flight: InFlight) -> Self {
+        self.in_flight = in_flight;
+        self
+    }
+
+    /// Runs a write: inline where the caller may block, else as a task of
+    /// its own (tracked in [`in_flight`](Self::in_flight)) whose result is
+    /// awaited.
+    async fn write<F, Fut>(&mut self, f: F) -> Result<(), ContextStoreError>
+    where
+        F: FnOnce(Arc<dyn AsyncContextStore>, CallContext) -> Fut,
+        Fut: Future<Output = Result<(), ContextStoreError>> + Send + 'static,
+    {
+        let write = f(self.store.clone(), self.cx);
+        let result = if self.cx.may_block || tokio::runtime::Handle::try_current().is_err() {
+            write.await
+        } else {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.in_flight.track(tokio::spawn(async move {
+                let _ = tx.send(write.await);
+            }));
+            rx.await.unwrap_or_else(|_| {
+                Err(ContextStoreError::StorageError(
+                    "the write's task ended without an answer".into(),
+                ))
+            })
+        };
+        self.note(result)
     }
 
     /// Stores `provenance` with the invocation's own output, its
@@ -121,7 +204,7 @@ impl GuestStore {
     }
 
     /// `put`: only the invocation's own output may be written.
-    pub fn put(
+    pub async fn put(
         &mut self,
         flow_run_id: &str,
         node_id: &str,
@@ -140,17 +223,18 @@ impl GuestStore {
             )));
         }
         let value = self.check_value(value)?;
-        let stored = match &self.provenance {
-            Some(provenance) => {
-                let provenance = Provenance {
-                    ended_at: provenance::unix_millis_now(),
-                    ..provenance.clone()
-                };
-                self.store
-                    .put_text_with_provenance(run, node, &value, &provenance)
-            }
-            None => self.store.put_text(run, node, &value),
-        };
+        let provenance = self.provenance.as_ref().map(|provenance| Provenance {
+            ended_at: provenance::unix_millis_now(),
+            ..provenance.clone()
+        });
+        let written = value.clone();
+        let stored = self
+            .write(move |store, cx| async move {
+                store
+                    .put(&cx, run, node, &written, provenance.as_ref())
+                    .await
+            })
+            .await;
         match stored {
             Ok(()) => {
                 self.own_output = Some(value);
@@ -171,6 +255,20 @@ impl GuestStore {
         self.own_output.as_ref()
     }
 
+    /// Whether a write was refused because the claim the invocation runs
+    /// under is no longer current (another worker took the node over).
+    pub fn fenced(&self) -> bool {
+        self.fenced
+    }
+
+    /// Notes a fencing refusal, and passes the result on.
+    fn note<T>(&mut self, result: Result<T, ContextStoreError>) -> Result<T, ContextStoreError> {
+        if matches!(result, Err(ContextStoreError::Fenced { .. })) {
+            self.fenced = true;
+        }
+        result
+    }
+
     /// Whether the guest's `put` of its own output found one already stored:
     /// another invocation of the same node (another process resuming the
     /// same run, say) finished first.
@@ -179,26 +277,31 @@ impl GuestStore {
     }
 
     /// `get`: any output of the invocation's own run.
-    pub fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
+    pub async fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         self.check_own_run(run, "get")?;
-        Ok(self.store.get_text(run, node)?.map(JsonText::into_string))
+        Ok(self
+            .store
+            .get(&self.cx, run, node)
+            .await?
+            .map(JsonText::into_string))
     }
 
     /// `list-keys`: the nodes of the invocation's own run.
-    pub fn list_keys(&mut self, flow_run_id: &str) -> GuestResult<Vec<String>> {
+    pub async fn list_keys(&mut self, flow_run_id: &str) -> GuestResult<Vec<String>> {
         let run = parse_run(flow_run_id)?;
         self.check_own_run(run, "list-keys")?;
         Ok(self
             .store
-            .list_keys(run)?
+            .list_keys(&self.cx, run)
+            .await?
             .iter()
             .map(NodeId::to_string)
             .collect())
     }
 
     /// `put-global`: write-once, under a granted write prefix.
-    pub fn put_global(
+    pub async fn put_global(
         &mut self,
         key: &str,
         value: impl Into<String> + AsRef<str>,
@@ -206,11 +309,14 @@ impl GuestStore {
         self.count_write()?;
         self.check_global_write(key, "put-global")?;
         let value = self.check_value(value)?;
-        Ok(self.store.put_global_text(key, &value)?)
+        let key = key.to_owned();
+        Ok(self
+            .write(move |store, cx| async move { store.put_global(&cx, &key, &value).await })
+            .await?)
     }
 
     /// `upsert-global`: overwrite, under a granted write prefix.
-    pub fn upsert_global(
+    pub async fn upsert_global(
         &mut self,
         key: &str,
         value: impl Into<String> + AsRef<str>,
@@ -218,11 +324,14 @@ impl GuestStore {
         self.count_write()?;
         self.check_global_write(key, "upsert-global")?;
         let value = self.check_value(value)?;
-        Ok(self.store.upsert_global_text(key, &value)?)
+        let key = key.to_owned();
+        Ok(self
+            .write(move |store, cx| async move { store.upsert_global(&cx, &key, &value).await })
+            .await?)
     }
 
     /// `get-global`: under a granted read prefix.
-    pub fn get_global(&mut self, key: &str) -> GuestResult<Option<String>> {
+    pub async fn get_global(&mut self, key: &str) -> GuestResult<Option<String>> {
         self.check_key(key)?;
         if !self.grant.may_read_global(key) {
             return Err(GuestStoreError::AccessDenied(format!(
@@ -230,7 +339,11 @@ impl GuestStore {
                 shown(key)
             )));
         }
-        Ok(self.store.get_global_text(key)?.map(JsonText::into_string))
+        Ok(self
+            .store
+            .get_global(&self.cx, key)
+            .await?
+            .map(JsonText::into_string))
     }
 
     fn count_write(&mut self) -> GuestResult<()> {
@@ -320,6 +433,7 @@ fn shown(key: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::ContextStore;
     use crate::store::sqlite::SqliteContextStore;
 
     fn guest(
@@ -328,26 +442,36 @@ mod tests {
     ) -> (GuestStore, Arc<dyn ContextStore>, FlowRunId, NodeId) {
         let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::in_memory().unwrap());
         let (run, node) = (FlowRunId::new(), NodeId::new());
+        let view = crate::store::to_async(store.clone());
         (
-            GuestStore::new(store.clone(), run, node, grant, limits),
+            GuestStore::new(view, CallContext::none(), run, node, grant, limits),
             store,
             run,
             node,
         )
     }
 
+    /// Drives one guest call to its end.
+    fn wait<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
     #[test]
     fn own_output_round_trips_as_text() {
         let (mut g, _, run, node) = guest(Grant::default(), Limits::default());
         let (r, n) = (run.to_string(), node.to_string());
-        g.put(&r, &n, r#"{"a": [1, 2.5, "x"]}"#).unwrap();
+        wait(g.put(&r, &n, r#"{"a": [1, 2.5, "x"]}"#)).unwrap();
         assert_eq!(
-            g.get(&r, &n).unwrap().as_deref(),
+            wait(g.get(&r, &n)).unwrap().as_deref(),
             Some(r#"{"a": [1, 2.5, "x"]}"#),
             "the text comes back exactly as written"
         );
-        assert_eq!(g.put(&r, &n, "2"), Err(GuestStoreError::AlreadyExists));
-        assert_eq!(g.list_keys(&r).unwrap(), vec![n]);
+        assert_eq!(wait(g.put(&r, &n, "2")), Err(GuestStoreError::AlreadyExists));
+        assert_eq!(wait(g.list_keys(&r)).unwrap(), vec![n]);
     }
 
     #[test]
@@ -375,13 +499,13 @@ mod tests {
             .put(other_run, node, &serde_json::json!("secret"))
             .unwrap();
         assert_eq!(
-            g.get(&other_run.to_string(), &node.to_string())
+            wait(g.get(&other_run.to_string(), &node.to_string()))
                 .unwrap_err()
                 .kind(),
             "access-denied"
         );
         assert_eq!(
-            g.list_keys(&other_run.to_string()).unwrap_err().kind(),
+            wait(g.list_keys(&other_run.to_string())).unwrap_err().kind(),
             "access-denied"
         );
     }
@@ -393,22 +517,22 @@ mod tests {
             .write_globals("mine/");
         let (mut g, store, ..) = guest(grant, Limits::default());
         assert_eq!(
-            g.put_global("secret/key", "1").unwrap_err().kind(),
+            wait(g.put_global("secret/key", "1")).unwrap_err().kind(),
             "access-denied"
         );
         assert_eq!(
-            g.upsert_global("shared/x", "1").unwrap_err().kind(),
+            wait(g.upsert_global("shared/x", "1")).unwrap_err().kind(),
             "access-denied"
         );
-        assert_eq!(g.get_global("mine/x").unwrap_err().kind(), "access-denied");
-        g.put_global("mine/x", "1").unwrap();
+        assert_eq!(wait(g.get_global("mine/x")).unwrap_err().kind(), "access-denied");
+        wait(g.put_global("mine/x", "1")).unwrap();
         assert_eq!(
-            g.put_global("mine/x", "2"),
+            wait(g.put_global("mine/x", "2")),
             Err(GuestStoreError::GlobalAlreadyExists)
         );
-        g.upsert_global("mine/x", "3").unwrap();
+        wait(g.upsert_global("mine/x", "3")).unwrap();
         store.put_global("shared/x", &serde_json::json!(7)).unwrap();
-        assert_eq!(g.get_global("shared/x").unwrap().as_deref(), Some("7"));
+        assert_eq!(wait(g.get_global("shared/x")).unwrap().as_deref(), Some("7"));
         assert_eq!(store.get_global("secret/key").unwrap(), None);
         assert_eq!(
             store.get_global("mine/x").unwrap(),
@@ -420,20 +544,20 @@ mod tests {
     fn bad_ids_and_bad_json_are_typed_errors() {
         let (mut g, _, run, node) = guest(Grant::default(), Limits::default());
         assert_eq!(
-            g.put("nope", &node.to_string(), "1").unwrap_err().kind(),
+            wait(g.put("nope", &node.to_string(), "1")).unwrap_err().kind(),
             "invalid-id"
         );
         assert_eq!(
-            g.get(&run.to_string(), "").unwrap_err().kind(),
+            wait(g.get(&run.to_string(), "")).unwrap_err().kind(),
             "invalid-id"
         );
-        assert_eq!(g.list_keys("\u{0}").unwrap_err().kind(), "invalid-id");
+        assert_eq!(wait(g.list_keys("\u{0}")).unwrap_err().kind(), "invalid-id");
         let err = g
             .put(&run.to_string(), &node.to_string(), "{not json")
             .unwrap_err();
         assert_eq!(err.kind(), "invalid-json");
         assert_eq!(
-            g.put(&run.to_string(), &node.to_string(), "")
+            wait(g.put(&run.to_string(), &node.to_string(), ""))
                 .unwrap_err()
                 .kind(),
             "invalid-json"
@@ -451,12 +575,12 @@ mod tests {
         let (mut g, store, run, node) = guest(Grant::default().write_globals(""), limits);
         let (r, n) = (run.to_string(), node.to_string());
         assert_eq!(
-            g.put(&r, &n, "\"0123456789\"").unwrap_err().kind(),
+            wait(g.put(&r, &n, "\"0123456789\"")).unwrap_err().kind(),
             "quota-exceeded"
         );
-        assert_eq!(g.put(&r, &n, "[[[1]]]").unwrap_err().kind(), "invalid-json");
-        g.put(&r, &n, "[[1]]").unwrap();
-        assert_eq!(g.put_global("k", "1").unwrap_err().kind(), "quota-exceeded");
+        assert_eq!(wait(g.put(&r, &n, "[[[1]]]")).unwrap_err().kind(), "invalid-json");
+        wait(g.put(&r, &n, "[[1]]")).unwrap();
+        assert_eq!(wait(g.put_global("k", "1")).unwrap_err().kind(), "quota-exceeded");
         assert_eq!(g.writes(), 3);
         assert_eq!(
             store.get(run, node).unwrap(),

@@ -55,6 +55,7 @@ pub mod error;
 #[cfg(feature = "flow")]
 pub mod flow;
 pub mod grant;
+#[cfg(feature = "async")]
 pub mod guest_store;
 pub mod id;
 pub mod json;

@@ -16,7 +16,8 @@ use serde_json::{Value, json};
 
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
-use crate::store::ContextStore;
+use crate::json::JsonText;
+use crate::store::{AsyncContextStore, CallContext, ContextStore};
 use crate::text::for_terminal;
 
 /// The key prefix of journal entries among the globals.
@@ -38,43 +39,84 @@ pub struct Failure {
     pub attempt: u32,
 }
 
-/// Records that attempt `attempt` at `node` failed in `run`, and why. The
-/// error (which may quote the step) is kept as one line of at most
-/// [`MAX_ENTRY_BYTES`], with control characters and escape sequences
-/// neutralised.
-pub fn record_failure(
-    store: &dyn ContextStore,
+/// The entry recording that attempt `attempt` failed with `error`: one line
+/// of at most [`MAX_ENTRY_BYTES`], control characters neutralised.
+fn entry(error: &str, attempt: u32) -> Result<JsonText, ContextStoreError> {
+    crate::store::encode(
+        &json!({ "status": "failed", "error": for_terminal(error, MAX_ENTRY_BYTES), "attempt": attempt }),
+    )
+}
+
+/// The failure an entry records, if it records one.
+fn parse(entry: &JsonText) -> Option<Failure> {
+    let entry = entry.to_value().ok()?;
+    let Some(Value::String(error)) = entry.get("error") else {
+        return None;
+    };
+    let attempt = entry
+        .get("attempt")
+        .and_then(Value::as_u64)
+        .and_then(|a| u32::try_from(a).ok())
+        .unwrap_or(1);
+    Some(Failure {
+        error: for_terminal(error, MAX_ENTRY_BYTES),
+        attempt,
+    })
+}
+
+/// Records that attempt `attempt` at `node` failed in `run`, and why, under
+/// `cx` (on a shared run, fenced by the node's claim: a worker that lost
+/// the node writes nothing).
+pub async fn record_failure(
+    store: &dyn AsyncContextStore,
+    cx: &CallContext,
     run: FlowRunId,
     node: NodeId,
     error: &str,
     attempt: u32,
 ) -> Result<(), ContextStoreError> {
-    store.upsert_global(
-        &key(run, node),
-        &json!({ "status": "failed", "error": for_terminal(error, MAX_ENTRY_BYTES), "attempt": attempt }),
-    )
+    store
+        .upsert_global(cx, &key(run, node), &entry(error, attempt)?)
+        .await
 }
 
 /// The last failed attempt at `node` in `run`, if one failed.
+pub async fn last_failure(
+    store: &dyn AsyncContextStore,
+    cx: &CallContext,
+    run: FlowRunId,
+    node: NodeId,
+) -> Result<Option<Failure>, ContextStoreError> {
+    Ok(store
+        .get_global(cx, &key(run, node))
+        .await?
+        .as_ref()
+        .and_then(parse))
+}
+
+/// The failure of the attempt that stored `node`'s output, if that attempt
+/// failed after its `put`: the node's warning.
+pub async fn last_warning(
+    store: &dyn AsyncContextStore,
+    cx: &CallContext,
+    run: FlowRunId,
+    node: NodeId,
+) -> Result<Option<String>, ContextStoreError> {
+    let Some(failure) = last_failure(store, cx, run, node).await? else {
+        return Ok(None);
+    };
+    let wrote = store.provenance(cx, run, node).await?.map(|p| p.attempt);
+    Ok((wrote == Some(failure.attempt)).then_some(failure.error))
+}
+
+/// The last failed attempt at `node` in `run`, if one failed (synchronous,
+/// for `flow status`).
 pub fn failure(
     store: &dyn ContextStore,
     run: FlowRunId,
     node: NodeId,
 ) -> Result<Option<Failure>, ContextStoreError> {
-    Ok(store.get_global(&key(run, node))?.and_then(|entry| {
-        let Some(Value::String(error)) = entry.get("error") else {
-            return None;
-        };
-        let attempt = entry
-            .get("attempt")
-            .and_then(Value::as_u64)
-            .and_then(|a| u32::try_from(a).ok())
-            .unwrap_or(1);
-        Some(Failure {
-            error: for_terminal(error, MAX_ENTRY_BYTES),
-            attempt,
-        })
-    }))
+    Ok(store.get_global_text(&key(run, node))?.as_ref().and_then(parse))
 }
 
 /// The failure of the attempt that stored `node`'s output, if that attempt

@@ -14,16 +14,16 @@ use crate::runtime::Invocation;
 
 mod file;
 pub mod journal;
+mod lease;
 mod resume;
 mod runner;
 mod status;
 
 pub use file::{load, parse};
 pub use journal::JOURNAL_PREFIX;
-pub use resume::{Change, ChangedNode, check_unchanged};
-pub use runner::{
-    FlowEvent, FlowReport, LeaseOptions, NodeResult, RunOptions, default_worker_name, run,
-};
+pub use resume::{Change, ChangedNode, check_unchanged, compare};
+pub use lease::{LeaseOptions, default_worker_name};
+pub use runner::{FlowEvent, FlowReport, NodeResult, RunOptions, run};
 pub use status::{NodeState, NodeStatus, status};
 
 /// The UUID v5 namespace of node ids (a fixed, random UUID).

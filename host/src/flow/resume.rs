@@ -7,7 +7,7 @@ use std::fmt;
 use super::{Flow, FlowError};
 use crate::id::FlowRunId;
 use crate::runtime::StepComponent;
-use crate::store::ContextStore;
+use crate::store::{ContextStore, Provenance};
 
 /// What about a node differs from when its stored output was written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,25 +58,8 @@ pub fn check_unchanged(
 ) -> Result<(), FlowError> {
     let mut changed = Vec::new();
     for (i, node) in flow.nodes.iter().enumerate() {
-        let Some(provenance) = store.provenance(flow_run_id, node.node_id)? else {
-            continue;
-        };
-        let invocation = flow.invocation(i, flow_run_id);
-        let mut changes = Vec::new();
-        if provenance.component_hash != components[i].content_hash() {
-            changes.push(Change::Component);
-        }
-        if provenance.params_hash != invocation.params_hash() {
-            changes.push(Change::Params);
-        }
-        if provenance.upstream_hash != invocation.upstream_hash() {
-            changes.push(Change::Upstream);
-        }
-        if !changes.is_empty() {
-            changed.push(ChangedNode {
-                node: node.name.clone(),
-                changes,
-            });
+        if let Some(provenance) = store.provenance(flow_run_id, node.node_id)? {
+            changed.extend(compare(&provenance, flow, i, flow_run_id, &components[i]));
         }
     }
     if changed.is_empty() {
@@ -87,4 +70,30 @@ pub fn check_unchanged(
             nodes: changed,
         })
     }
+}
+
+/// How node `i` of `flow`, run with `component`, differs from the node
+/// that wrote an output with `provenance`; `None` when it does not.
+pub fn compare(
+    provenance: &Provenance,
+    flow: &Flow,
+    i: usize,
+    flow_run_id: FlowRunId,
+    component: &StepComponent,
+) -> Option<ChangedNode> {
+    let invocation = flow.invocation(i, flow_run_id);
+    let mut changes = Vec::new();
+    if provenance.component_hash != component.content_hash() {
+        changes.push(Change::Component);
+    }
+    if provenance.params_hash != invocation.params_hash() {
+        changes.push(Change::Params);
+    }
+    if provenance.upstream_hash != invocation.upstream_hash() {
+        changes.push(Change::Upstream);
+    }
+    (!changes.is_empty()).then(|| ChangedNode {
+        node: flow.nodes[i].name.clone(),
+        changes,
+    })
 }

@@ -2,13 +2,19 @@
 //! bounded pool of worker threads, finished nodes skipped, a failed node
 //! stopping its dependents (and only them).
 //!
-//! When the store shares runs between processes
-//! ([`ContextStore::node_claims`]), every process running the same run is a
-//! worker: it claims each ready node with a lease before running it, renews
-//! its leases from a background thread while it runs, and leaves a node
-//! another worker holds to that worker, looking again until the node's
-//! output is stored or the holder's lease expires (then it takes the node
-//! over).
+//! When the store shares runs between processes (it has a
+//! [`Coordinator`]), every process running the same run is a worker: it
+//! claims each ready node with a lease before running it, runs it under the
+//! claim's fence, renews its leases from a background thread while it
+//! runs ([`lease`](super::lease)), and leaves a node another worker holds
+//! to that worker, looking again until the node's output is stored or the
+//! holder's lease expires (then it takes the node over). A step whose claim
+//! is lost is stopped and its node looked at again; a store call that
+//! fails for a passing reason (a database restart) is tried again.
+//!
+//! Every output this worker uses that it did not write itself is checked
+//! against its own flow first (its provenance): a run is never finished
+//! with outputs of another flow.
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -20,11 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::json::JsonText;
 
-use super::{Flow, FlowError, FlowNode, journal, resume::check_unchanged};
+use super::lease::{LeaseOptions, Leases};
+use super::resume::{check_unchanged, compare};
+use super::{Flow, FlowError, FlowNode, journal};
+use crate::coord::{Claim, Fence};
+use crate::error::ContextStoreError;
 use crate::id::FlowRunId;
-use crate::runtime::{Runtime, StepComponent, StepError, StepStatus};
-use crate::store::ContextStore;
-use crate::store::claims::{Claim, NodeClaims};
+use crate::runtime::{RunControl, Runtime, StepComponent, StepError, StepStatus, StopSignal};
+use crate::store::{AsyncContextStore, CallContext, ContextStore};
 
 /// Something that happened to a node, as it happens (from worker threads).
 #[derive(Debug)]
@@ -84,39 +93,6 @@ pub struct RunOptions<'a> {
     /// This worker's name and lease, used when the store shares runs
     /// between processes.
     pub lease: LeaseOptions,
-}
-
-/// How this process takes part in a run that several workers share.
-#[derive(Clone, Debug)]
-pub struct LeaseOptions {
-    /// This worker's name, shown by `flow status` (default: `host:pid`).
-    /// Names must differ between live workers.
-    pub worker: String,
-    /// How long a claim holds without renewal (default 30 s). A live worker
-    /// renews its claims every third of it; a dead worker's nodes are taken
-    /// over this long after its last renewal.
-    pub lease: Duration,
-}
-
-impl Default for LeaseOptions {
-    fn default() -> Self {
-        Self {
-            worker: default_worker_name(),
-            lease: Duration::from_secs(30),
-        }
-    }
-}
-
-/// `host:pid`: the host's name (from `/proc/sys/kernel/hostname` or
-/// `$HOSTNAME`) and this process's id.
-pub fn default_worker_name() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .ok()
-        .map(|h| h.trim().to_owned())
-        .filter(|h| !h.is_empty())
-        .or_else(|| std::env::var("HOSTNAME").ok())
-        .unwrap_or_else(|| "localhost".into());
-    format!("{host}:{}", std::process::id())
 }
 
 /// What became of one node.
@@ -195,14 +171,20 @@ struct Board {
 enum Attempt {
     /// The node has its result.
     Result(NodeResult),
-    /// Another worker holds the node: look again after this long.
-    HeldElsewhere(Duration),
+    /// Look at the node again after this long: another worker holds it,
+    /// its claim was lost, or the store failed for a passing reason.
+    Later(Duration),
 }
+
+/// How many times in a row a node's bookkeeping may fail for a passing
+/// reason (a database restarting) before the node fails with that error.
+const MAX_STORE_RETRIES: u32 = 20;
 
 /// Runs (or resumes) `flow` as run `flow_run_id`. Components are loaded
 /// first, so a broken one fails the run before any step runs. A run whose
 /// stored outputs the flow as it is now would not have written is refused
-/// ([`FlowError::Changed`]) before any step runs.
+/// ([`FlowError::Changed`]) before any step runs, and so is, at any later
+/// node, an output another worker stored meanwhile.
 ///
 /// A node is done if and only if its output is stored: a step that stored
 /// its output and then failed is [`NodeResult::Done`] with a warning (its
@@ -241,6 +223,13 @@ pub fn run(
         components.push(component);
     }
     check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
+    let shared = crate::store::to_async(store.clone());
+    let leases = shared
+        .coordinator()
+        .map(|coordinator| Leases::new(coordinator, runtime, flow_run_id, &options.lease));
+    if let Some(leases) = &leases {
+        leases.check_name();
+    }
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
     let ready = (0..flow.nodes.len())
@@ -256,20 +245,22 @@ pub fn run(
     let wake = Condvar::new();
     let worker = Worker {
         runtime,
-        store,
+        store: shared.clone(),
+        leases: leases.as_ref(),
         flow,
         flow_run_id,
         components: &components,
         dependents: &dependents,
         options,
         callback_panic: Mutex::new(None),
+        changed: Mutex::new(None),
+        store_failures: Mutex::new(vec![0; flow.nodes.len()]),
         stopped: AtomicBool::new(false),
     };
     let workers = options.jobs.clamp(1, flow.nodes.len().max(1));
-    let renewing = Renewal::default();
     std::thread::scope(|scope| {
-        if let Some(claims) = store.node_claims() {
-            scope.spawn(|| renewing.run(claims, flow_run_id, &options.lease));
+        if let Some(leases) = &leases {
+            scope.spawn(|| leases.keep());
         }
         let threads: Vec<_> = (0..workers)
             .map(|_| scope.spawn(|| worker.work(&board, &wake)))
@@ -278,7 +269,9 @@ pub fn run(
             // A worker catches every panic of a node or a callback itself.
             let _ = thread.join();
         }
-        renewing.stop();
+        if let Some(leases) = &leases {
+            leases.stop();
+        }
     });
     if let Some(message) = worker
         .callback_panic
@@ -286,6 +279,13 @@ pub fn run(
         .unwrap_or_else(PoisonError::into_inner)
     {
         return Err(FlowError::CallbackPanicked(message));
+    }
+    if let Some(changed) = worker
+        .changed
+        .into_inner()
+        .unwrap_or_else(PoisonError::into_inner)
+    {
+        return Err(changed);
     }
     let board = board.into_inner().unwrap_or_else(PoisonError::into_inner);
     let results = flow
@@ -308,7 +308,9 @@ pub fn run(
 
 struct Worker<'a> {
     runtime: &'a Runtime,
-    store: &'a Arc<dyn ContextStore>,
+    store: Arc<dyn AsyncContextStore>,
+    /// This worker's claims, when the store shares runs between workers.
+    leases: Option<&'a Leases<'a>>,
     flow: &'a Flow,
     flow_run_id: FlowRunId,
     components: &'a [StepComponent],
@@ -316,7 +318,11 @@ struct Worker<'a> {
     options: &'a RunOptions<'a>,
     /// The message of the first panic in `on_event`.
     callback_panic: Mutex<Option<String>>,
-    /// Set when `on_event` panicked: start no further node.
+    /// Set when an output another worker stored was written by another flow.
+    changed: Mutex<Option<FlowError>>,
+    /// For each node, how many of its store calls in a row failed.
+    store_failures: Mutex<Vec<u32>>,
+    /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
 }
 
@@ -335,40 +341,6 @@ impl Drop for Running<'_> {
     }
 }
 
-/// The background renewal of this worker's leases.
-#[derive(Default)]
-struct Renewal {
-    stopped: Mutex<bool>,
-    wake: Condvar,
-}
-
-impl Renewal {
-    /// Renews every lease this worker holds in the run every third of the
-    /// lease, until stopped.
-    fn run(&self, claims: &dyn NodeClaims, run: FlowRunId, lease: &LeaseOptions) {
-        let every = lease.lease / 3;
-        loop {
-            let stopped = self.stopped.lock().unwrap_or_else(PoisonError::into_inner);
-            let (stopped, _) = self
-                .wake
-                .wait_timeout_while(stopped, every, |s| !*s)
-                .unwrap_or_else(PoisonError::into_inner);
-            if *stopped {
-                return;
-            }
-            drop(stopped);
-            if let Err(error) = claims.renew(run, &lease.worker, lease.lease) {
-                tracing::warn!(%error, worker = %lease.worker, "could not renew leases");
-            }
-        }
-    }
-
-    fn stop(&self) {
-        *self.stopped.lock().unwrap_or_else(PoisonError::into_inner) = true;
-        self.wake.notify_all();
-    }
-}
-
 impl Worker<'_> {
     fn work(&self, board: &Mutex<Board>, wake: &Condvar) {
         while let Some(i) = self.next(board, wake) {
@@ -379,7 +351,7 @@ impl Worker<'_> {
             );
             let result = match looked {
                 Attempt::Result(result) => result,
-                Attempt::HeldElsewhere(after) => {
+                Attempt::Later(after) => {
                     lock(board).deferred.push((i, Instant::now() + after));
                     drop(running);
                     continue;
@@ -468,49 +440,190 @@ impl Worker<'_> {
         }
     }
 
+    /// A call context for the runner's own store calls (claims, reads of
+    /// the journal, checks): they may take a lease's time (at least 10 s),
+    /// in which a passing fault is retried by the backend.
+    fn bookkeeping(&self) -> CallContext {
+        let budget = self
+            .leases
+            .map_or(Duration::from_secs(30), |l| l.lease)
+            .max(Duration::from_secs(10));
+        CallContext::within(budget)
+    }
+
     /// Runs node `i`, claiming it first when the store is shared.
     fn claim_and_run(&self, i: usize) -> Attempt {
-        let Some(claims) = self.store.node_claims() else {
-            return Attempt::Result(self.run_node(i));
+        let Some(leases) = self.leases else {
+            return Attempt::Result(self.run_node(i, None));
         };
         let node = &self.flow.nodes[i];
-        let lease = &self.options.lease;
-        // A node done elsewhere needs no claim: the runtime finds its output.
-        match self.store.get_text(self.flow_run_id, node.node_id) {
-            Ok(Some(_)) => return Attempt::Result(self.run_node(i)),
+        let cx = self.bookkeeping();
+        // A node done elsewhere needs no claim.
+        match self.block_on(self.store.get(&cx, self.flow_run_id, node.node_id)) {
+            Ok(Some(_)) => return self.found_done(i),
             Ok(None) => {}
-            Err(error) => return Attempt::Result(self.store_failure(i, error)),
+            Err(error) => return self.store_trouble(i, error),
         }
-        match claims.claim(self.flow_run_id, node.node_id, &lease.worker, lease.lease) {
-            Ok(Claim::Won { attempt }) => {
+        let coordinator = leases.coordinator();
+        let since = Instant::now();
+        let claimed = self.block_on(coordinator.claim(
+            &cx,
+            self.flow_run_id,
+            node.node_id,
+            &leases.worker,
+            leases.lease,
+        ));
+        match claimed {
+            Ok(Claim::Won { attempt, fence }) => {
+                self.store_ok(i);
                 self.emit(&FlowEvent::Claimed {
                     node,
-                    worker: &lease.worker,
+                    worker: &leases.worker.name,
                     attempt,
                 });
-                let result = self.run_node(i);
-                let done = match result {
-                    NodeResult::Done { .. } => {
-                        claims.finish(self.flow_run_id, node.node_id, &lease.worker)
-                    }
-                    _ => claims.release(self.flow_run_id, node.node_id, &lease.worker),
-                };
-                if let Err(error) = done {
-                    tracing::warn!(node = %node.name, %error, "could not update the node's claim");
+                let stop = leases.hold(fence, since);
+                let result = self.run_node(i, Some((fence, stop)));
+                leases.drop_claim(node.node_id);
+                self.settle_claim(i, fence, result)
+            }
+            // Finished elsewhere after the look above: the output is stored.
+            Ok(Claim::Finished { .. }) => self.found_done(i),
+            Ok(Claim::Held { lease_left, .. }) => {
+                self.store_ok(i);
+                // Look again soon (the holder may finish any moment), and
+                // no later than when the lease would expire.
+                let poll = (leases.lease / 20)
+                    .clamp(Duration::from_millis(20), Duration::from_millis(500));
+                Attempt::Later(poll.min(lease_left + Duration::from_millis(1)))
+            }
+            Err(error) => self.store_trouble(i, error),
+        }
+    }
+
+    /// Ends this worker's claim `fence` on node `i` after its step gave
+    /// `result`: a stored output finished the claim with it; otherwise the
+    /// claim is given up, which waits out every write still under it, and
+    /// the output is looked for once more before the node counts as failed.
+    fn settle_claim(&self, i: usize, fence: Fence, result: NodeResult) -> Attempt {
+        let Some(leases) = self.leases else {
+            return Attempt::Result(result);
+        };
+        let coordinator = leases.coordinator();
+        let cx = self.bookkeeping();
+        match result {
+            NodeResult::Done {
+                status: StepStatus::Ran,
+                ..
+            } => {
+                // The fenced put finished the claim in its own transaction;
+                // finishing again is harmless where a backend did not.
+                if let Err(error) = self.block_on(coordinator.finish(&cx, &fence)) {
+                    tracing::debug!(node = %self.flow.nodes[i].name, %error, "could not mark the claim finished");
                 }
                 Attempt::Result(result)
             }
-            // Finished elsewhere after the look above: the output is stored.
-            Ok(Claim::Finished { .. }) => Attempt::Result(self.run_node(i)),
-            Ok(Claim::Held { lease_left, .. }) => {
-                // Look again soon (the holder may finish any moment), and
-                // no later than when the lease would expire.
-                let poll =
-                    (lease.lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(500));
-                Attempt::HeldElsewhere(poll.min(lease_left + Duration::from_millis(1)))
+            NodeResult::Done { .. } => self.found_done(i),
+            NodeResult::Failed(error) => {
+                if let Err(release_error) = self.block_on(coordinator.release(&cx, &fence)) {
+                    tracing::warn!(node = %self.flow.nodes[i].name, error = %release_error, "could not give up the claim; it expires with its lease");
+                }
+                let stored = self.block_on(self.store.get(
+                    &cx,
+                    self.flow_run_id,
+                    self.flow.nodes[i].node_id,
+                ));
+                match (stored, &error) {
+                    (Ok(Some(_)), _) => self.found_done(i),
+                    // Lost the claim: someone else runs the node now, or
+                    // this worker takes it again once free.
+                    (_, StepError::Stopped(_)) => Attempt::Later(Duration::from_millis(20)),
+                    (_, StepError::Store(e)) if e.is_transient() => self.store_trouble_after(i),
+                    _ => Attempt::Result(NodeResult::Failed(error)),
+                }
             }
-            Err(error) => Attempt::Result(self.store_failure(i, error)),
+            blocked @ NodeResult::Blocked { .. } => Attempt::Result(blocked),
         }
+    }
+
+    /// Node `i`'s output is stored, by this worker earlier or by another:
+    /// its provenance must match this worker's flow ([`FlowError::Changed`]
+    /// otherwise); then the node is done, as the runtime reports it.
+    fn found_done(&self, i: usize) -> Attempt {
+        let node = &self.flow.nodes[i];
+        let cx = self.bookkeeping();
+        match self.block_on(self.store.provenance(&cx, self.flow_run_id, node.node_id)) {
+            Ok(Some(provenance)) => {
+                if let Some(changed) = compare(
+                    &provenance,
+                    self.flow,
+                    i,
+                    self.flow_run_id,
+                    &self.components[i],
+                ) {
+                    let mut first = lock(&self.changed);
+                    if first.is_none() {
+                        tracing::error!(node = %node.name, "an output stored by another worker was written by another flow; stopping");
+                        *first = Some(FlowError::Changed {
+                            flow_run_id: self.flow_run_id,
+                            nodes: vec![changed],
+                        });
+                    }
+                    self.stopped.store(true, Ordering::SeqCst);
+                    return Attempt::Result(NodeResult::Blocked {
+                        by: "a change of the flow".into(),
+                    });
+                }
+            }
+            Ok(None) => {}
+            Err(error) => return self.store_trouble(i, error),
+        }
+        self.store_ok(i);
+        Attempt::Result(self.run_node(i, None))
+    }
+
+    /// A store call for node `i` failed outside its step: a passing fault
+    /// is looked at again shortly (up to [`MAX_STORE_RETRIES`] times in a
+    /// row); any other fails the node.
+    fn store_trouble(&self, i: usize, error: ContextStoreError) -> Attempt {
+        if error.is_transient() {
+            tracing::warn!(node = %self.flow.nodes[i].name, %error, "store call failed; trying again");
+            if let Some(attempt) = self.store_retry(i) {
+                return attempt;
+            }
+        }
+        Attempt::Result(self.store_failure(i, error))
+    }
+
+    /// As [`store_trouble`](Self::store_trouble), for a step that failed
+    /// on a passing store fault.
+    fn store_trouble_after(&self, i: usize) -> Attempt {
+        self.store_retry(i).unwrap_or_else(|| {
+            Attempt::Result(NodeResult::Failed(StepError::Store(
+                ContextStoreError::StorageError(
+                    "the store kept failing; giving up on the node".into(),
+                ),
+            )))
+        })
+    }
+
+    /// Counts a passing failure of node `i`'s store calls: when to look
+    /// again, or `None` once too many came in a row.
+    fn store_retry(&self, i: usize) -> Option<Attempt> {
+        let mut failures = lock(&self.store_failures);
+        failures[i] += 1;
+        (failures[i] <= MAX_STORE_RETRIES).then(|| {
+            let pause = Duration::from_millis(50 << failures[i].min(5));
+            Attempt::Later(pause)
+        })
+    }
+
+    fn store_ok(&self, i: usize) {
+        lock(&self.store_failures)[i] = 0;
+    }
+
+    /// Runs `future` on the runtime's executor from this worker thread.
+    fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
     }
 
     /// Node `i` failed because the store did, outside its step.
@@ -525,41 +638,54 @@ impl Worker<'_> {
         NodeResult::Failed(error)
     }
 
-    fn run_node(&self, i: usize) -> NodeResult {
+    /// Runs node `i`'s step; under `claim` (its fence and stop signal) on
+    /// a shared run.
+    fn run_node(&self, i: usize, claim: Option<(Fence, StopSignal)>) -> NodeResult {
         let node = &self.flow.nodes[i];
         self.emit(&FlowEvent::Started { node });
-        let store = self.store.as_ref();
+        let fence = claim.as_ref().map(|(fence, _)| *fence);
         let attempt = self.attempt(node);
         let invocation = self
             .flow
             .invocation(i, self.flow_run_id)
             .with_attempt(attempt);
+        let control = RunControl {
+            fence,
+            stop: claim.map(|(_, stop)| stop),
+        };
         let started = Instant::now();
-        let result = self.runtime.run(
-            &self.components[i],
-            self.store,
-            &invocation,
-            &node.grant,
-            &node.limits,
-        );
+        let result = self
+            .runtime
+            .prepare_async(
+                &self.components[i],
+                self.store.clone(),
+                &node.grant,
+                &node.limits,
+            )
+            .run_controlled(&invocation, &control);
         let elapsed = started.elapsed();
         match result {
             Ok(outcome) => {
                 let warning = match (&outcome.warning, outcome.status) {
-                    (Some(failure), _) => {
-                        self.journal_failure(i, failure, attempt);
+                    (Some(failure), StepStatus::Ran) => {
+                        self.journal_failure(i, failure, attempt, fence);
                         Some(failure.to_string())
                     }
-                    // Done earlier: the attempt that stored it may have failed after.
-                    (None, StepStatus::AlreadyDone) => journal::warning(
-                        store,
-                        self.flow_run_id,
-                        node.node_id,
-                    )
-                    .unwrap_or_else(|error| {
-                        tracing::warn!(node = %node.name, %error, "could not read the journal");
-                        None
-                    }),
+                    // Done earlier, or by another worker: the attempt that
+                    // stored it may have failed after.
+                    (_, StepStatus::AlreadyDone) => {
+                        let cx = self.bookkeeping();
+                        self.block_on(journal::last_warning(
+                            self.store.as_ref(),
+                            &cx,
+                            self.flow_run_id,
+                            node.node_id,
+                        ))
+                        .unwrap_or_else(|error| {
+                            tracing::warn!(node = %node.name, %error, "could not read the journal");
+                            None
+                        })
+                    }
                     (None, StepStatus::Ran) => None,
                 };
                 self.emit(&FlowEvent::Finished {
@@ -576,8 +702,11 @@ impl Worker<'_> {
                     elapsed,
                 }
             }
+            // A step stopped because its claim was lost is not this
+            // worker's failure to report: the node is looked at again.
+            Err(error @ StepError::Stopped(_)) if fence.is_some() => NodeResult::Failed(error),
             Err(error) => {
-                self.journal_failure(i, &error, attempt);
+                self.journal_failure(i, &error, attempt, fence);
                 self.emit(&FlowEvent::Failed {
                     node,
                     error: &error,
@@ -592,7 +721,14 @@ impl Worker<'_> {
     /// attempt in the journal (1 when none failed, or the journal cannot
     /// be read).
     fn attempt(&self, node: &FlowNode) -> u32 {
-        match journal::failure(self.store.as_ref(), self.flow_run_id, node.node_id) {
+        let cx = self.bookkeeping();
+        let failed = self.block_on(journal::last_failure(
+            self.store.as_ref(),
+            &cx,
+            self.flow_run_id,
+            node.node_id,
+        ));
+        match failed {
             Ok(failed) => failed.map_or(1, |f| f.attempt.saturating_add(1)),
             Err(error) => {
                 tracing::warn!(node = %node.name, %error, "could not read the journal; counting this as attempt 1");
@@ -608,7 +744,7 @@ impl Worker<'_> {
         let message = panic_message(payload);
         tracing::error!(node = %node.name, %message, "panic while running a node");
         let error = StepError::Panicked(message);
-        self.journal_failure(i, &error, self.attempt(node));
+        self.journal_failure(i, &error, self.attempt(node), None);
         self.emit(&FlowEvent::Failed {
             node,
             error: &error,
@@ -617,18 +753,21 @@ impl Worker<'_> {
         NodeResult::Failed(error)
     }
 
-    /// Records node `i`'s failure in the run's journal; a journal that
-    /// cannot be written is logged, not fatal.
-    fn journal_failure(&self, i: usize, error: &StepError, attempt: u32) {
+    /// Records node `i`'s failure in the run's journal, under the node's
+    /// claim on a shared run; a journal that cannot be written is logged,
+    /// not fatal.
+    fn journal_failure(&self, i: usize, error: &StepError, attempt: u32, fence: Option<Fence>) {
         let node = &self.flow.nodes[i];
+        let cx = self.bookkeeping().fenced(fence);
         let recorded = catch_unwind(AssertUnwindSafe(|| {
-            journal::record_failure(
+            self.block_on(journal::record_failure(
                 self.store.as_ref(),
+                &cx,
                 self.flow_run_id,
                 node.node_id,
                 &error.to_string(),
                 attempt,
-            )
+            ))
         }));
         match recorded {
             Ok(Ok(())) => {}

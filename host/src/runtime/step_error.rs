@@ -13,6 +13,11 @@ pub enum StepError {
     /// The guest ran past [`Limits::timeout`](crate::Limits::timeout) and was interrupted.
     #[error("step timed out after {0:?}")]
     Timeout(Duration),
+    /// The invocation was stopped from outside (its claim was lost, or its
+    /// lease ran out), or a write was refused because its claim is no
+    /// longer current. Nothing it wrote afterwards is stored.
+    #[error("step stopped: {0}")]
+    Stopped(String),
     /// The guest needed more linear memory than [`Limits::memory_bytes`](crate::Limits::memory_bytes).
     #[error("step ran out of memory (limit {limit_bytes} bytes)")]
     OutOfMemory {

@@ -1,0 +1,345 @@
+//! One invocation: a fresh instance under the grant and limits, one
+//! deadline over everything, the output checked in the store afterwards.
+
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+use wasmtime::component::ResourceTable;
+use wasmtime::{Store, Trap};
+use wasmtime_wasi::WasiCtxBuilder;
+
+use super::bindings::{StepPre, WitInvocation, WitUpstream};
+use super::engines::{Allocation, EngineKind, Metering};
+use super::epoch::EpochTicker;
+use super::limiter::GuestLimiter;
+use super::state::{STDERR_CAPTURE, StepState};
+use super::stderr::StderrRing;
+use super::{
+    Invocation, PreparedStep, RunControl, Runtime, StepComponent, StepError, StepOutcome,
+    StepStatus, pool,
+};
+use crate::guest_store::{GuestStore, InFlight};
+use crate::limits::Limits;
+use crate::store::call::far_future;
+use crate::store::{CallContext, Provenance, provenance};
+use crate::text::{self, MAX_MESSAGE_BYTES};
+
+/// The longest the host waits, after an invocation was stopped, for a
+/// write that was already inside a commit to end.
+const SETTLE: Duration = Duration::from_secs(5);
+
+/// How an invocation ended early.
+enum Cut {
+    /// Its deadline passed.
+    Timeout,
+    /// Its stop signal was given, with this reason.
+    Stopped(String),
+}
+
+impl Runtime {
+    /// Runs one invocation of `step`; `may_block` when the calling thread
+    /// is given over to it (the blocking entry point).
+    pub(super) async fn run_with(
+        &self,
+        step: &PreparedStep<'_>,
+        invocation: &Invocation,
+        control: &RunControl,
+        may_block: bool,
+    ) -> Result<StepOutcome, StepError> {
+        let started = Instant::now();
+        let limits = &step.limits;
+        let deadline = started
+            .checked_add(limits.timeout)
+            .unwrap_or_else(far_future);
+        let cx = CallContext::until(deadline)
+            .fenced(control.fence)
+            .blocking(may_block);
+        let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
+        let span = tracing::info_span!("step", component = %step.component.name, flow_run_id = %run_id, %node_id);
+        let in_flight = InFlight::default();
+        let call = Call {
+            step,
+            invocation,
+            cx,
+            in_flight: &in_flight,
+        };
+        let stop = async {
+            match &control.stop {
+                Some(signal) => signal.stopped().await,
+                None => std::future::pending().await,
+            }
+        };
+        let cut = tokio::select! {
+            ended = tokio::time::timeout_at(deadline.into(), self.invoke(&call).instrument(span)) => match ended {
+                Ok(result) => return result,
+                Err(_elapsed) => Cut::Timeout,
+            },
+            reason = stop => Cut::Stopped(reason),
+        };
+        let error = match &cut {
+            Cut::Timeout => {
+                tracing::info!(elapsed = ?started.elapsed(), "step timed out");
+                StepError::Timeout(limits.timeout)
+            }
+            Cut::Stopped(reason) => {
+                tracing::info!(elapsed = ?started.elapsed(), %reason, "step stopped");
+                StepError::Stopped(reason.clone())
+            }
+        };
+        // A write already inside a commit ends with that commit: wait for
+        // it, so that what is reported below is what the store holds.
+        if !in_flight.settle(Instant::now() + SETTLE).await {
+            tracing::warn!("a write of the stopped step was still running {SETTLE:?} after it was stopped");
+        }
+        // A step that stored its output before it was stopped is done.
+        let look = CallContext::within(Duration::from_secs(2)).blocking(may_block);
+        match step.store.get(&look, run_id, node_id).await {
+            Ok(Some(output)) => Ok(StepOutcome {
+                output,
+                status: match cut {
+                    Cut::Timeout => StepStatus::Ran,
+                    // Possibly by the worker that took the node over.
+                    Cut::Stopped(_) => StepStatus::AlreadyDone,
+                },
+                stderr: String::new(),
+                warning: Some(error),
+            }),
+            _ => Err(error),
+        }
+    }
+
+    async fn invoke(&self, call: &Call<'_>) -> Result<StepOutcome, StepError> {
+        let Call {
+            step, invocation, cx, ..
+        } = *call;
+        let (component, limits) = (&step.component, &step.limits);
+        let started_at = provenance::unix_millis_now();
+        let (run_id, node_id) = (invocation.flow_run_id, invocation.node_id);
+        if let Some(error) = &invocation.invalid_params {
+            return Err(StepError::InvalidParams(error.to_string()));
+        }
+        let stored = step.store.get(&cx, run_id, node_id).await?;
+        if let Some(output) = stored {
+            tracing::info!("output already stored; not running");
+            return Ok(StepOutcome {
+                output,
+                status: StepStatus::AlreadyDone,
+                stderr: String::new(),
+                warning: None,
+            });
+        }
+        let metering = match limits.fuel {
+            None => Metering::Off,
+            Some(_) => Metering::Fuel,
+        };
+        // A memory slot cannot grow past its size: an invocation allowed
+        // more memory than the pool's slots has its instance made on demand.
+        let fits_slot = self
+            .pool
+            .as_ref()
+            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
+        let wanted = if fits_slot {
+            self.preferred(metering)
+        } else {
+            self.preferred(metering).on_demand()
+        };
+        let (mut kind, pre) = self.pre_for(component, wanted)?;
+        let mut wasm = self.new_store(kind, call, started_at)?;
+        let instance = match pre.instantiate_async(&mut wasm).await {
+            Err(error)
+                if kind.allocation == Allocation::Pool && pool::is_pool_exhausted(&error) =>
+            {
+                // Every slot is taken: this invocation gets its own allocation.
+                tracing::debug!(%error, "instance pool exhausted; instantiating on demand");
+                let (on_demand, pre) = self.pre_for(component, kind.on_demand())?;
+                kind = on_demand;
+                wasm = self.new_store(kind, call, started_at)?;
+                pre.instantiate_async(&mut wasm).await
+            }
+            other => other,
+        }
+        .map_err(|e| match classify(e, &wasm, limits) {
+            StepError::Trap { message, .. } => StepError::Instantiate(message),
+            other => other,
+        })?;
+        let wit_invocation = to_wit(invocation);
+        let result = instance.call_run(&mut wasm, &wit_invocation).await;
+        let guest = &wasm.data().guest;
+        tracing::info!(writes = guest.writes(), "step returned");
+        if let Some(output) = guest.own_output() {
+            // The output is stored: the node is done, whatever came after.
+            let output = output.clone();
+            let warning = match result {
+                Ok(Ok(())) => None,
+                Ok(Err(failure)) => Some(StepError::Failed(failure.into())),
+                Err(error) => Some(classify(error, &wasm, limits)),
+            };
+            if let Some(warning) = &warning {
+                tracing::info!(error = %warning, "step stored its output, then failed; the node is done");
+            }
+            return Ok(StepOutcome {
+                output,
+                status: StepStatus::Ran,
+                stderr: wasm.data().stderr.contents(),
+                warning,
+            });
+        }
+        if guest.fenced() {
+            // Another worker took the node over: this invocation is over.
+            return Err(StepError::Stopped(
+                "a write was refused: the node's claim is no longer this worker's".into(),
+            ));
+        }
+        let lost_race = guest.lost_race();
+        if result.as_ref().map_or(true, Result::is_err) && lost_race {
+            // Another invocation stored this node's output first: the node is done.
+            if let Some(output) = step.store.get(&cx, run_id, node_id).await? {
+                tracing::info!("another invocation finished this node first");
+                return Ok(StepOutcome {
+                    output,
+                    status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
+                    warning: None,
+                });
+            }
+        }
+        match result {
+            Err(error) => Err(classify(error, &wasm, limits)),
+            Ok(Err(failure)) => Err(StepError::Failed(failure.into())),
+            Ok(Ok(())) => match step.store.get(&cx, run_id, node_id).await? {
+                Some(output) => Ok(StepOutcome {
+                    output,
+                    status: StepStatus::AlreadyDone,
+                    stderr: wasm.data().stderr.contents(),
+                    warning: None,
+                }),
+                None => Err(StepError::NoOutput),
+            },
+        }
+    }
+
+    /// The instance-pre of `component` for the engine of `kind`, or for the
+    /// on-demand engine if the component does not fit the pool; with the
+    /// kind it is for.
+    fn pre_for(
+        &self,
+        component: &StepComponent,
+        kind: EngineKind,
+    ) -> Result<(EngineKind, StepPre<StepState>), StepError> {
+        if kind == component.kind {
+            return Ok((kind, component.pre.clone()));
+        }
+        self.prepare_fitting(&component.name, &component.hash, &component.bytes, kind)
+            .map_err(|e| StepError::Instantiate(e.to_string()))
+    }
+
+    /// A fresh wasmtime store for one invocation, on the engine of `kind`:
+    /// a WASI context with nothing opened and stderr kept in a ring, the
+    /// guest's view of `store`, the limiter, fuel and the epoch deadline.
+    fn new_store(
+        &self,
+        kind: EngineKind,
+        call: &Call<'_>,
+        started_at: i64,
+    ) -> Result<Store<StepState>, StepError> {
+        let Call {
+            step,
+            invocation,
+            cx,
+            in_flight,
+        } = *call;
+        let (component, limits) = (&step.component, &step.limits);
+        let stderr = StderrRing::new(STDERR_CAPTURE);
+        let state = StepState {
+            wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
+            table: ResourceTable::new(),
+            limiter: GuestLimiter::new(limits),
+            guest: GuestStore::new(
+                step.store.clone(),
+                cx,
+                invocation.flow_run_id,
+                invocation.node_id,
+                step.grant.clone(),
+                limits.clone(),
+            )
+            .with_provenance(Provenance {
+                component_hash: component.content_hash(),
+                params_hash: invocation.params_hash(),
+                upstream_hash: invocation.upstream_hash(),
+                attempt: invocation.attempt,
+                host: host_name().to_owned(),
+                started_at,
+                ended_at: started_at,
+            })
+            .tracking(in_flight.clone()),
+            stderr,
+        };
+        let mut wasm = Store::new(&self.engines(kind).engine, state);
+        wasm.limiter(|state| &mut state.limiter);
+        if let Some(fuel) = limits.fuel {
+            wasm.set_fuel(fuel)
+                .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
+        }
+        let left = cx.left().unwrap_or(limits.timeout);
+        wasm.set_epoch_deadline(EpochTicker::ticks_for(left));
+        wasm.epoch_deadline_trap();
+        Ok(wasm)
+    }
+}
+
+/// One invocation's arguments, as [`Runtime::run_with`] received them.
+#[derive(Clone, Copy)]
+struct Call<'a> {
+    step: &'a PreparedStep<'a>,
+    invocation: &'a Invocation,
+    cx: CallContext,
+    in_flight: &'a InFlight,
+}
+
+/// Most bytes kept of a trap's report and of the guest's stderr, once
+/// neutralised (stderr is captured as its last 16 KiB; escaping its control
+/// characters can make it longer).
+const MAX_REPORT_BYTES: usize = 64 * 1024;
+
+/// This machine's host name, read once.
+fn host_name() -> &'static str {
+    static NAME: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    NAME.get_or_init(|| gethostname::gethostname().to_string_lossy().into_owned())
+}
+
+fn to_wit(invocation: &Invocation) -> WitInvocation {
+    WitInvocation {
+        flow_run_id: invocation.flow_run_id.to_string(),
+        node_id: invocation.node_id.to_string(),
+        params: invocation.params.as_str().to_owned(),
+        upstream: invocation
+            .upstream
+            .iter()
+            .map(|(name, node_id)| WitUpstream {
+                name: name.clone(),
+                node_id: node_id.to_string(),
+            })
+            .collect(),
+    }
+}
+
+/// Turns a wasmtime error from instantiate or `run` into a [`StepError`].
+fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) -> StepError {
+    match error.downcast_ref::<Trap>() {
+        Some(Trap::Interrupt) => return StepError::Timeout(limits.timeout),
+        Some(Trap::OutOfFuel) => return StepError::OutOfFuel(limits.fuel.unwrap_or(u64::MAX)),
+        _ => {}
+    }
+    if wasm.data().limiter.memory_hit() {
+        return StepError::OutOfMemory {
+            limit_bytes: limits.memory_bytes,
+        };
+    }
+    // Guest text all: a trap message can quote the guest, the report names
+    // its functions (from its own name section), stderr is what it wrote.
+    StepError::Trap {
+        message: text::for_terminal(&error.root_cause().to_string(), MAX_MESSAGE_BYTES),
+        report: text::lines_for_terminal(&format!("{error:?}"), MAX_REPORT_BYTES),
+        stderr: text::lines_for_terminal(&wasm.data().stderr.contents(), MAX_REPORT_BYTES),
+    }
+}
