@@ -33,6 +33,15 @@ use std::sync::Arc;
 use arbitrary::Arbitrary;
 use contextstore::grant::RESERVED_PREFIX;
 use contextstore::guest_store::{GuestResult, GuestStore};
+
+/// Drives one guest call to its end (the guest store's calls are async).
+fn wait<T>(call: impl std::future::Future<Output = T>) -> T {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_time()
+        .build()
+        .expect("a runtime")
+        .block_on(call)
+}
 use contextstore::{
     ContextStore, ContextStoreError, FlowRunId, Grant, Limits, NodeId, SqliteContextStore,
 };
@@ -497,7 +506,14 @@ impl World {
             let node: NodeId = node_text.parse().unwrap();
             let shared: Arc<dyn ContextStore> = store.clone();
             Guest {
-                store: GuestStore::new(shared, run, node, grant, limits.clone()),
+                store: GuestStore::new(
+                    contextstore::store::to_async(shared.clone()),
+                    contextstore::store::CallContext::none(),
+                    run,
+                    node,
+                    grant,
+                    limits.clone(),
+                ),
                 run,
                 node,
                 node_text,
@@ -615,7 +631,7 @@ impl World {
             _ => refusals.push("invalid-id"),
         }
         let value = guest.check_value(&text, &mut refusals);
-        let result = guest.store.put(&run_text, &node_text, &text);
+        let result = wait(guest.store.put(&run_text, &node_text, &text));
         expect(&call, &result, &refusals);
         guest.check_writes(&call);
         let (own_run, own_node) = (guest.run, guest.node);
@@ -650,7 +666,7 @@ impl World {
             (Some(_), Some(_)) => {}
             _ => refusals.push("invalid-id"),
         }
-        let result = guest.store.get(&run_text, &node_text);
+        let result = wait(guest.store.get(&run_text, &node_text));
         expect(&call, &result, &refusals);
         if let (Ok(text), Some(r), Some(n)) = (&result, run, node) {
             let got = text.as_deref().map(|t| {
@@ -675,7 +691,7 @@ impl World {
             Some(_) => {}
             None => refusals.push("invalid-id"),
         }
-        let result = guest.store.list_keys(&run_text);
+        let result = wait(guest.store.list_keys(&run_text));
         expect(&call, &result, &refusals);
         if let (Ok(texts), Some(r)) = (&result, run) {
             let mut got: Vec<NodeId> = texts
@@ -721,9 +737,9 @@ impl World {
         }
         let value = guest.check_value(&text, &mut refusals);
         let result = if upsert {
-            guest.store.upsert_global(&key, &text)
+            wait(guest.store.upsert_global(&key, &text))
         } else {
-            guest.store.put_global(&key, &text)
+            wait(guest.store.put_global(&key, &text))
         };
         expect(&call, &result, &refusals);
         guest.check_writes(&call);
@@ -754,7 +770,7 @@ impl World {
         if guest.key_refusals(&key, &mut refusals) && !guest.may_read(&key) {
             refusals.push("access-denied");
         }
-        let result = guest.store.get_global(&key);
+        let result = wait(guest.store.get_global(&key));
         expect(&call, &result, &refusals);
         if let Ok(text) = &result {
             let got = text.as_deref().map(|t| {

@@ -21,6 +21,8 @@ pub mod postgres_cluster;
 /// Waiting for a child process without hanging the test.
 #[path = "../../host/tests/support/process.rs"]
 pub mod process;
+/// A TCP proxy that can stall its connections (fault injection).
+pub mod proxy;
 
 /// A component built by `guest/build-all.sh` (Python, JavaScript and C
 /// steps) into `target/components/`.

@@ -19,6 +19,7 @@ mod component_tests {
     pub(crate) use super::greet_then_shout as greet;
     pub(crate) use super::greet_then_shout as shout;
     pub(crate) use super::hostile_is_tested_in_hostile_rs as hostile;
+    pub(crate) use super::slow_is_tested_in_faults_rs as slow;
     pub(crate) use super::words_and_join_are_tested_in_flows_rs as words;
     pub(crate) use super::words_and_join_are_tested_in_flows_rs as join;
 }
@@ -55,6 +56,13 @@ fn bench_puts_or_gets_in_a_loop() {
 #[test]
 fn hostile_is_tested_in_hostile_rs() {
     assert!(std::path::Path::new(components::HOSTILE).exists());
+}
+
+/// `slow` (sleeps, then upserts a global and puts, with a nonce) is the
+/// step of the fault-injection tests in `faults.rs`.
+#[test]
+fn slow_is_tested_in_faults_rs() {
+    assert!(std::path::Path::new(components::SLOW).exists());
 }
 
 /// `words` and `join` run in the diamond of `flows.rs`.

@@ -20,7 +20,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use contextstore::store::claims::NodeClaims;
+use contextstore::coord::{CallContext, Coordinator};
 use contextstore::{ContextStore, FlowRunId, PostgresContextStore, flow};
 use contextstore_tests::{Rng, cli_binary, env_or, postgres_cluster, write_layered_flow};
 use serde_json::Value;
@@ -140,8 +140,12 @@ fn check_run(
         keys, expected,
         "run {run}: every node has exactly one output"
     );
-    let records: BTreeMap<_, _> = store
-        .claims(run)
+    let executor = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let records: BTreeMap<_, _> = executor
+        .block_on(store.claims(&CallContext::none(), run))
         .unwrap()
         .into_iter()
         .map(|r| (r.node_id, r))

@@ -137,13 +137,17 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `CONTEXTSTORE_LOG` (default: warnings).
+/// Logs to stderr, filtered by `CONTEXTSTORE_LOG` (default: warnings), in
+/// colour only when stderr is a terminal: a log file or a pipe gets plain
+/// text, with no ANSI escape codes.
 fn init_tracing() {
+    use std::io::IsTerminal as _;
     let filter = tracing_subscriber::EnvFilter::try_from_env("CONTEXTSTORE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         // A closed stderr (`2>&1 | head -1`): drop the line. By default the
         // subscriber reports its write errors with `eprintln!`, which panics.
         .log_internal_errors(false)

@@ -20,10 +20,11 @@ use super::{Outcome, RuntimeArgs, output, parse_json};
 pub struct RunArgs {
     /// The step component (a `.wasm` WebAssembly component of the `step` world).
     component: PathBuf,
-    /// The SQLite database file (created if missing); without it, the run
-    /// uses a store in memory, gone when the command ends.
-    #[arg(long, value_name = "PATH")]
-    db: Option<PathBuf>,
+    /// The store: an SQLite database file (created if missing), or a
+    /// PostgreSQL database as `postgres://user[:password]@host[:port]/dbname`.
+    /// Without it, the run uses a store in memory, gone when the command ends.
+    #[arg(long, value_name = "PATH|URL")]
+    db: Option<String>,
     #[command(flatten)]
     runtime: RuntimeArgs,
     /// The node id of this step (hyphenated UUID); a new one is made when
@@ -126,7 +127,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     }
 
     let store: Arc<dyn ContextStore> = match &args.db {
-        Some(path) => Arc::new(SqliteContextStore::open(path)?),
+        Some(url) => contextstore::store::open_url(url)?,
         None => Arc::new(SqliteContextStore::in_memory()?),
     };
     for (name, value) in fixtures {

@@ -522,7 +522,11 @@ impl Worker<'_> {
                 }
                 Attempt::Result(result)
             }
-            NodeResult::Done { .. } => self.found_done(i),
+            // Another invocation stored it: check whose flow wrote it.
+            NodeResult::Done { .. } => match self.check_provenance(i) {
+                Ok(()) => Attempt::Result(result),
+                Err(attempt) => attempt,
+            },
             NodeResult::Failed(error) => {
                 if let Err(release_error) = self.block_on(coordinator.release(&cx, &fence)) {
                     tracing::warn!(node = %self.flow.nodes[i].name, error = %release_error, "could not give up the claim; it expires with its lease");
@@ -549,36 +553,46 @@ impl Worker<'_> {
     /// its provenance must match this worker's flow ([`FlowError::Changed`]
     /// otherwise); then the node is done, as the runtime reports it.
     fn found_done(&self, i: usize) -> Attempt {
+        if let Err(attempt) = self.check_provenance(i) {
+            return attempt;
+        }
+        Attempt::Result(self.run_node(i, None))
+    }
+
+    /// Compares the provenance of node `i`'s stored output with this
+    /// worker's flow: `Err` with what to do instead when the flow changed
+    /// (this worker stops, with [`FlowError::Changed`]) or the store failed.
+    fn check_provenance(&self, i: usize) -> Result<(), Attempt> {
         let node = &self.flow.nodes[i];
         let cx = self.bookkeeping();
-        match self.block_on(self.store.provenance(&cx, self.flow_run_id, node.node_id)) {
-            Ok(Some(provenance)) => {
-                if let Some(changed) = compare(
-                    &provenance,
-                    self.flow,
-                    i,
-                    self.flow_run_id,
-                    &self.components[i],
-                ) {
-                    let mut first = lock(&self.changed);
-                    if first.is_none() {
-                        tracing::error!(node = %node.name, "an output stored by another worker was written by another flow; stopping");
-                        *first = Some(FlowError::Changed {
-                            flow_run_id: self.flow_run_id,
-                            nodes: vec![changed],
-                        });
-                    }
-                    self.stopped.store(true, Ordering::SeqCst);
-                    return Attempt::Result(NodeResult::Blocked {
-                        by: "a change of the flow".into(),
-                    });
-                }
-            }
-            Ok(None) => {}
-            Err(error) => return self.store_trouble(i, error),
-        }
+        let provenance = self
+            .block_on(self.store.provenance(&cx, self.flow_run_id, node.node_id))
+            .map_err(|error| self.store_trouble(i, error))?;
         self.store_ok(i);
-        Attempt::Result(self.run_node(i, None))
+        let Some(provenance) = provenance else {
+            return Ok(());
+        };
+        let Some(changed) = compare(
+            &provenance,
+            self.flow,
+            i,
+            self.flow_run_id,
+            &self.components[i],
+        ) else {
+            return Ok(());
+        };
+        let mut first = lock(&self.changed);
+        if first.is_none() {
+            tracing::error!(node = %node.name, "an output stored by another worker was written by another flow; stopping");
+            *first = Some(FlowError::Changed {
+                flow_run_id: self.flow_run_id,
+                nodes: vec![changed],
+            });
+        }
+        self.stopped.store(true, Ordering::SeqCst);
+        Err(Attempt::Result(NodeResult::Blocked {
+            by: "a change of the flow".into(),
+        }))
     }
 
     /// A store call for node `i` failed outside its step: a passing fault

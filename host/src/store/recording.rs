@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
-use crate::store::ContextStore;
+use crate::store::{ContextStore, Provenance};
 
 /// Values longer than this are shortened in a [`StoreCall`]'s display.
 const SHOWN_VALUE_BYTES: usize = 200;
@@ -103,6 +103,10 @@ type Observer = Box<dyn Fn(&StoreCall) + Send + Sync>;
 /// ```
 pub struct RecordingStore {
     inner: Arc<dyn ContextStore>,
+    /// The async view of `inner`, which the async calls go through (so that
+    /// their deadlines and fences reach the backend).
+    #[cfg(feature = "async")]
+    inner_async: Arc<dyn super::AsyncContextStore>,
     calls: Mutex<Vec<StoreCall>>,
     observer: Option<Observer>,
 }
@@ -111,6 +115,8 @@ impl RecordingStore {
     /// Records the calls made to `inner`.
     pub fn new(inner: Arc<dyn ContextStore>) -> Self {
         RecordingStore {
+            #[cfg(feature = "async")]
+            inner_async: super::to_async(inner.clone()),
             inner,
             calls: Mutex::new(Vec::new()),
             observer: None,
@@ -213,6 +219,124 @@ impl ContextStore for RecordingStore {
     fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError> {
         let op = StoreOp::GetGlobal(key.to_owned());
         self.record(op, self.inner.get_global_text(key), text)
+    }
+
+    fn put_text_with_provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: &Provenance,
+    ) -> Result<(), ContextStoreError> {
+        let op = StoreOp::Put(flow_run_id, node_id, value.as_str().to_owned());
+        let result = self
+            .inner
+            .put_text_with_provenance(flow_run_id, node_id, value, provenance);
+        self.record(op, result, |_| None)
+    }
+
+    fn provenance(
+        &self,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        self.inner.provenance(flow_run_id, node_id)
+    }
+
+    #[cfg(feature = "async")]
+    fn as_async(&self) -> Option<&dyn super::AsyncContextStore> {
+        Some(self)
+    }
+}
+
+/// The same records, for calls made through the async interface: each
+/// goes to the wrapped store's own async calls with its context.
+#[cfg(feature = "async")]
+#[async_trait::async_trait]
+impl super::AsyncContextStore for RecordingStore {
+    async fn put(
+        &self,
+        cx: &super::CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+        value: &JsonText,
+        provenance: Option<&Provenance>,
+    ) -> Result<(), ContextStoreError> {
+        let op = StoreOp::Put(flow_run_id, node_id, value.as_str().to_owned());
+        let result = self
+            .inner_async
+            .put(cx, flow_run_id, node_id, value, provenance)
+            .await;
+        self.record(op, result, |_| None)
+    }
+
+    async fn get(
+        &self,
+        cx: &super::CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<JsonText>, ContextStoreError> {
+        let op = StoreOp::Get(flow_run_id, node_id);
+        let result = self.inner_async.get(cx, flow_run_id, node_id).await;
+        self.record(op, result, text)
+    }
+
+    async fn list_keys(
+        &self,
+        cx: &super::CallContext,
+        flow_run_id: FlowRunId,
+    ) -> Result<Vec<NodeId>, ContextStoreError> {
+        let op = StoreOp::ListKeys(flow_run_id);
+        let result = self.inner_async.list_keys(cx, flow_run_id).await;
+        self.record(op, result, |keys| {
+            let keys: Vec<String> = keys.iter().map(ToString::to_string).collect();
+            Some(format!("[{}]", keys.join(", ")))
+        })
+    }
+
+    async fn put_global(
+        &self,
+        cx: &super::CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError> {
+        let op = StoreOp::PutGlobal(key.to_owned(), value.as_str().to_owned());
+        let result = self.inner_async.put_global(cx, key, value).await;
+        self.record(op, result, |_| None)
+    }
+
+    async fn upsert_global(
+        &self,
+        cx: &super::CallContext,
+        key: &str,
+        value: &JsonText,
+    ) -> Result<(), ContextStoreError> {
+        let op = StoreOp::UpsertGlobal(key.to_owned(), value.as_str().to_owned());
+        let result = self.inner_async.upsert_global(cx, key, value).await;
+        self.record(op, result, |_| None)
+    }
+
+    async fn get_global(
+        &self,
+        cx: &super::CallContext,
+        key: &str,
+    ) -> Result<Option<JsonText>, ContextStoreError> {
+        let op = StoreOp::GetGlobal(key.to_owned());
+        let result = self.inner_async.get_global(cx, key).await;
+        self.record(op, result, text)
+    }
+
+    async fn provenance(
+        &self,
+        cx: &super::CallContext,
+        flow_run_id: FlowRunId,
+        node_id: NodeId,
+    ) -> Result<Option<Provenance>, ContextStoreError> {
+        self.inner_async.provenance(cx, flow_run_id, node_id).await
+    }
+
+    fn coordinator(&self) -> Option<&dyn crate::coord::Coordinator> {
+        self.inner_async.coordinator()
     }
 }
 

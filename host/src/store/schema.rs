@@ -39,54 +39,141 @@ const MIGRATIONS: &[&str] = &[
 /// The schema version this build writes.
 pub const CURRENT_VERSION: i64 = MIGRATIONS.len() as i64;
 
-/// Brings the database up to [`CURRENT_VERSION`], in one transaction.
-///
-/// Refuses files that belong to another application and files written by
-/// a newer build, rather than guessing. A WorldInterface database is
-/// converted (see [`worldinterface`]).
-pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
-    migrate_reporting(conn).map(drop)
+/// What a database holds, as far as this build is concerned: the answer
+/// of [`inspect`] for a file this build may use.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Found {
+    /// An empty database: no tables, no `application_id`, no
+    /// `user_version`. The migrations create the schema.
+    Empty,
+    /// The tables of a WorldInterface store, to convert.
+    WorldInterface,
+    /// A contextstore database of schema `version`, at most
+    /// [`CURRENT_VERSION`].
+    Contextstore {
+        /// Its `user_version`.
+        version: i64,
+    },
 }
 
-/// [`migrate`], saying what it did.
-pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, ContextStoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let app: i64 = tx.pragma_query_value(None, "application_id", |row| row.get(0))?;
-    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0))?;
+impl Found {
+    /// Whether the database is at this build's schema: nothing to migrate.
+    pub(crate) fn is_current(self) -> bool {
+        self == Self::Contextstore {
+            version: CURRENT_VERSION,
+        }
+    }
+
+    /// The schema version found (0 for an empty or a WorldInterface database).
+    fn version(self) -> i64 {
+        match self {
+            Self::Empty | Self::WorldInterface => 0,
+            Self::Contextstore { version } => version,
+        }
+    }
+}
+
+/// Reads, without writing anything, what `conn` holds, and refuses what
+/// this build must leave alone: a file of another application (another
+/// `application_id`; a `user_version` without contextstore's
+/// `application_id`; tables that are neither contextstore's nor a
+/// WorldInterface store's), or a contextstore file of a newer schema.
+///
+/// Runs its statements as they come: a caller that needs one consistent
+/// view runs it inside a transaction.
+pub(crate) fn inspect(conn: &Connection) -> Result<Found, ContextStoreError> {
+    let app: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
+    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
+    refuse_marks(app, version)?;
+    if app == APPLICATION_ID {
+        return Ok(Found::Contextstore { version });
+    }
+    let tables: i64 = conn.query_row(
+        "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
+        [],
+        |row| row.get(0),
+    )?;
+    if tables == 0 {
+        return Ok(Found::Empty);
+    }
+    if worldinterface::detect(conn)? {
+        return Ok(Found::WorldInterface);
+    }
+    Err(ContextStoreError::StorageError(
+        "not a contextstore database (it holds other tables, \
+         and not those of a WorldInterface store)"
+            .into(),
+    ))
+}
+
+/// Refuses a database by its `application_id` and `user_version` alone:
+/// another application's mark, a version without contextstore's mark
+/// (the file is another application's, and must not be stamped as
+/// contextstore's), or a newer schema. What [`inspect`] checks first, and
+/// what the file's header can tell before SQLite opens it.
+pub(crate) fn refuse_marks(app: i64, version: i64) -> Result<(), ContextStoreError> {
     if app != 0 && app != APPLICATION_ID {
         return Err(ContextStoreError::StorageError(format!(
             "not a contextstore database (application_id {app:#x})"
         )));
     }
-    let mut converting = false;
-    if app == 0 && version == 0 {
-        let tables: i64 = tx.query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE name NOT LIKE 'sqlite_%'",
-            [],
-            |row| row.get(0),
-        )?;
-        if tables > 0 {
-            if !worldinterface::detect(&tx)? {
-                return Err(ContextStoreError::StorageError(
-                    "not a contextstore database (it holds other tables, \
-                     and not those of a WorldInterface store)"
-                        .into(),
-                ));
-            }
-            worldinterface::set_aside(&tx)?;
-            converting = true;
-        }
+    if app == 0 && version != 0 {
+        return Err(ContextStoreError::StorageError(format!(
+            "not a contextstore database (user_version {version} without \
+             contextstore's application_id)"
+        )));
+    }
+    if version < 0 {
+        return Err(ContextStoreError::StorageError(format!(
+            "not a contextstore database (user_version {version})"
+        )));
     }
     if version > CURRENT_VERSION {
         return Err(ContextStoreError::StorageError(format!(
             "database schema version {version} is newer than this build supports ({CURRENT_VERSION})"
         )));
     }
-    for (from, sql) in MIGRATIONS.iter().enumerate().skip(version as usize) {
+    Ok(())
+}
+
+/// Brings the database up to [`CURRENT_VERSION`], in one transaction.
+///
+/// Refuses files that belong to another application and files written by
+/// a newer build, rather than guessing, before anything is written. A
+/// WorldInterface database is converted (see [`worldinterface`]). A
+/// database already at this build's schema is only read: no write lock is
+/// taken, so another process's write transaction does not hold it up.
+pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
+    migrate_reporting(conn).map(drop)
+}
+
+/// [`migrate`], saying what it did.
+pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, ContextStoreError> {
+    let found = {
+        // A read transaction: one consistent view, and no write lock.
+        let read = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
+        inspect(&read)?
+    };
+    if found.is_current() {
+        return Ok(MigrationReport {
+            from_version: CURRENT_VERSION,
+            to_version: CURRENT_VERSION,
+            worldinterface: None,
+        });
+    }
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    // Another process may have migrated the file since it was read.
+    let found = inspect(&tx)?;
+    let version = found.version();
+    if found == Found::WorldInterface {
+        worldinterface::set_aside(&tx)?;
+    }
+    let from = usize::try_from(version).unwrap_or(0);
+    for (from, sql) in MIGRATIONS.iter().enumerate().skip(from) {
         tracing::info!(from, to = from + 1, "migrating contextstore schema");
         tx.execute_batch(sql)?;
     }
-    let converted = if converting {
+    let converted = if found == Found::WorldInterface {
         let converted = worldinterface::copy_over(&tx)?;
         tracing::info!(
             outputs = converted.outputs,
@@ -97,8 +184,10 @@ pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, Conte
     } else {
         None
     };
-    tx.pragma_update(None, "application_id", APPLICATION_ID)?;
-    tx.pragma_update(None, "user_version", CURRENT_VERSION)?;
+    if !found.is_current() {
+        tx.pragma_update(None, "application_id", APPLICATION_ID)?;
+        tx.pragma_update(None, "user_version", CURRENT_VERSION)?;
+    }
     tx.commit()?;
     Ok(MigrationReport {
         from_version: version,
@@ -110,32 +199,21 @@ pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, Conte
 /// Checks, without writing, that `conn` holds a contextstore database of
 /// exactly this build's schema: what a read-only open needs.
 pub fn check(conn: &Connection) -> Result<(), ContextStoreError> {
-    let app: i64 = conn.pragma_query_value(None, "application_id", |row| row.get(0))?;
-    let version: i64 = conn.pragma_query_value(None, "user_version", |row| row.get(0))?;
-    if app == 0 && version == 0 && worldinterface::detect(conn)? {
-        return Err(ContextStoreError::StorageError(
+    match inspect(conn)? {
+        found if found.is_current() => Ok(()),
+        Found::WorldInterface => Err(ContextStoreError::StorageError(
             "a WorldInterface database: open it for writing once, or run \
              `contextstore migrate --db PATH`, to convert it"
                 .into(),
-        ));
-    }
-    if app != APPLICATION_ID {
-        return Err(ContextStoreError::StorageError(
+        )),
+        Found::Empty => Err(ContextStoreError::StorageError(
             "not a contextstore database".into(),
-        ));
-    }
-    if version > CURRENT_VERSION {
-        return Err(ContextStoreError::StorageError(format!(
-            "database schema version {version} is newer than this build supports ({CURRENT_VERSION})"
-        )));
-    }
-    if version < CURRENT_VERSION {
-        return Err(ContextStoreError::StorageError(format!(
+        )),
+        Found::Contextstore { version } => Err(ContextStoreError::StorageError(format!(
             "database schema version {version} is older than this build's ({CURRENT_VERSION}); \
              open it for writing once to migrate it"
-        )));
+        ))),
     }
-    Ok(())
 }
 
 #[cfg(test)]

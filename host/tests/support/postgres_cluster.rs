@@ -5,14 +5,19 @@
 //! `CONTEXTSTORE_TEST_POSTGRES` names (a URL of a role that may create
 //! databases), or a cluster of the tests' own: `initdb` into a temporary
 //! directory (as the `postgres` user when the tests run as root, since
-//! initdb refuses root), started with `pg_ctl` listening only on a Unix
-//! socket in that directory (no TCP port), and stopped and deleted when the
-//! test binary exits. If it cannot start, the test panics saying why: no
-//! test is skipped.
+//! initdb refuses root), started with `pg_ctl` listening on a Unix socket
+//! in that directory and on a free TCP port of 127.0.0.1 (never another
+//! address), and stopped and deleted when the test binary exits. If it
+//! cannot start, the test panics saying why: no test is skipped.
 //!
-//! The cluster trusts the `postgres` role on its socket and asks every
-//! other role for a password (scram-sha-256), so that tests can check what
-//! a wrong password does.
+//! The URLs [`fresh_database`] returns name the socket; [`tcp_url`] gives
+//! the same database over TCP (for a proxy in between, say), and
+//! [`restart`] restarts the server (`pg_ctl restart -m fast`), for tests of
+//! what clients do when it goes away.
+//!
+//! The cluster trusts the `postgres` role (on its socket and on
+//! 127.0.0.1) and asks every other role for a password (scram-sha-256), so
+//! that tests can check what a wrong password does.
 //!
 //! Shared by the host crate's tests and the workspace's integration tests
 //! (included with `#[path]`), so it needs only std, `tempfile` and the
@@ -31,6 +36,9 @@ pub const ENV: &str = "CONTEXTSTORE_TEST_POSTGRES";
 struct Server {
     /// URL of a role that may create databases, with a database to connect to.
     admin_url: String,
+    /// The TCP port of the tests' own cluster on 127.0.0.1 (`None` for a
+    /// server named by [`ENV`]).
+    tcp_port: Option<u16>,
 }
 
 /// The tests' own cluster, stopped and removed at exit.
@@ -38,6 +46,8 @@ struct Cluster {
     dir: tempfile::TempDir,
     bin: PathBuf,
     as_postgres: bool,
+    /// The server options (`pg_ctl -o`), the same at every (re)start.
+    options: String,
 }
 
 static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
@@ -49,10 +59,7 @@ static CLUSTER: Mutex<Option<Cluster>> = Mutex::new(None);
 ///
 /// When no server can be started or reached, with the reason.
 pub fn fresh_database() -> String {
-    let server = match SERVER.get_or_init(start) {
-        Ok(server) => server,
-        Err(why) => panic!("PostgreSQL for the tests: {why}"),
-    };
+    let server = server();
     let name = format!("cs_test_{}", uuid_like());
     let mut client = postgres::Client::connect(&server.admin_url, postgres::NoTls)
         .unwrap_or_else(|e| panic!("PostgreSQL for the tests: cannot connect: {e}"));
@@ -62,6 +69,79 @@ pub fn fresh_database() -> String {
         ))
         .unwrap_or_else(|e| panic!("PostgreSQL for the tests: CREATE DATABASE: {e}"));
     with_dbname(&server.admin_url, &name)
+}
+
+/// The test server, started on first use.
+fn server() -> &'static Server {
+    match SERVER.get_or_init(start) {
+        Ok(server) => server,
+        Err(why) => panic!("PostgreSQL for the tests: {why}"),
+    }
+}
+
+/// The same database as `url` (a URL on the test server, as
+/// [`fresh_database`] returns, with any user) over TCP:
+/// `127.0.0.1:<port>` as its host. With a server named by [`ENV`], `url`
+/// itself if it is already a TCP URL of 127.0.0.1 or localhost.
+///
+/// # Panics
+///
+/// With a server named by [`ENV`] that is reached otherwise.
+pub fn tcp_url(url: &str) -> String {
+    match server().tcp_port {
+        Some(port) => with_host(url, &format!("127.0.0.1:{port}")),
+        None => {
+            let host = host_of(url);
+            assert!(
+                host.starts_with("127.0.0.1") || host.starts_with("localhost"),
+                "tcp_url: {ENV} names a server at `{host}`, not on 127.0.0.1 over TCP; \
+                 point it at 127.0.0.1, or unset it to use the tests' own cluster"
+            );
+            url.to_owned()
+        }
+    }
+}
+
+/// Restarts the tests' own server (`pg_ctl restart -m fast -w`, as the
+/// cluster's owner): every connection is dropped, and the server accepts
+/// connections again (on the same socket and port) when this returns.
+///
+/// # Panics
+///
+/// If the restart fails (with the server log), or with a server named by
+/// [`ENV`], which the tests do not own.
+pub fn restart() {
+    let server = server();
+    assert!(
+        server.tcp_port.is_some(),
+        "restart: the server named by {ENV} is not the tests' own; unset it to use the tests' cluster"
+    );
+    let guard = CLUSTER.lock().unwrap_or_else(|e| e.into_inner());
+    let cluster = guard.as_ref().expect("the tests' cluster is running");
+    let data = cluster.dir.path().join("data");
+    let log = cluster.dir.path().join("server.log");
+    let (data, log) = (path_str(&data).unwrap(), path_str(&log).unwrap());
+    let restarted = cluster.run(
+        "pg_ctl",
+        &[
+            "-D",
+            data,
+            "-l",
+            log,
+            "-w",
+            "-t",
+            "60",
+            "-m",
+            "fast",
+            "-o",
+            &cluster.options,
+            "restart",
+        ],
+    );
+    if let Err(why) = restarted {
+        let log_text = std::fs::read_to_string(log).unwrap_or_default();
+        panic!("PostgreSQL for the tests: restart: {why}\nserver log:\n{log_text}");
+    }
 }
 
 /// Runs SQL as the admin role in the database at `url` (which must be on
@@ -85,6 +165,31 @@ pub fn with_dbname(url: &str, dbname: &str) -> String {
         .find('/')
         .map_or(base.len(), |i| authority_start + i);
     format!("{}/{dbname}{query}", &base[..path_start])
+}
+
+/// `url` with its host (and port) replaced by `host`, such as
+/// `127.0.0.1:5432`; user, password, database and query are kept.
+pub fn with_host(url: &str, host: &str) -> String {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |i| i + 1);
+    format!(
+        "{}{}{host}{}",
+        &url[..authority_start],
+        &rest[..host_start],
+        &rest[authority_end..]
+    )
+}
+
+/// The host (and port) part of `url`: `127.0.0.1:5432` of a
+/// [`tcp_url`], say.
+pub fn host_of(url: &str) -> &str {
+    let authority_start = url.find("://").map_or(0, |i| i + 3);
+    let rest = &url[authority_start..];
+    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+    let host_start = rest[..authority_end].rfind('@').map_or(0, |i| i + 1);
+    &rest[host_start..authority_end]
 }
 
 /// `url` with its user and password replaced.
@@ -120,7 +225,10 @@ fn start() -> Result<Server, String> {
     if let Ok(url) = std::env::var(ENV) {
         postgres::Client::connect(&url, postgres::NoTls)
             .map_err(|e| format!("{ENV}={url}: cannot connect: {e}"))?;
-        return Ok(Server { admin_url: url });
+        return Ok(Server {
+            admin_url: url,
+            tcp_port: None,
+        });
     }
     let bin = bin_dir()?;
     let dir = tempfile::Builder::new()
@@ -143,10 +251,11 @@ fn start() -> Result<Server, String> {
     }
     let data = dir.path().join("data");
     let socket_dir = dir.path().to_path_buf();
-    let cluster = Cluster {
+    let mut cluster = Cluster {
         dir,
         bin,
         as_postgres,
+        options: String::new(),
     };
     cluster.run(
         "initdb",
@@ -163,40 +272,75 @@ fn start() -> Result<Server, String> {
             "--no-sync",
         ],
     )?;
-    // The admin role is trusted; every other role needs its password.
-    let hba = "local all postgres trust\nlocal all all scram-sha-256\n";
+    // The admin role is trusted; every other role needs its password. Over
+    // TCP the same, from 127.0.0.1 only (the only address it listens on).
+    let hba = "local all postgres trust\nlocal all all scram-sha-256\n\
+               host all postgres 127.0.0.1/32 trust\nhost all all 127.0.0.1/32 scram-sha-256\n";
     std::fs::write(data.join("pg_hba.conf"), hba).map_err(|e| format!("pg_hba.conf: {e}"))?;
     let log = cluster.dir.path().join("server.log");
-    let options = format!(
-        "-c listen_addresses='' -c unix_socket_directories='{}' -c max_connections=400",
-        path_str(&socket_dir)?
-    );
-    let started = cluster.run(
-        "pg_ctl",
-        &[
-            "-D",
-            path_str(&data)?,
-            "-l",
-            path_str(&log)?,
-            "-w",
-            "-t",
-            "60",
-            "-o",
-            &options,
-            "start",
-        ],
-    );
-    if let Err(why) = started {
-        let log_text = std::fs::read_to_string(&log).unwrap_or_default();
-        return Err(format!("{why}\nserver log:\n{log_text}"));
-    }
+    // A free port: one the kernel just gave out and took back. Another
+    // process may take it in between, so a start that cannot bind it
+    // tries again with another.
+    let mut attempt = 0;
+    let port = loop {
+        attempt += 1;
+        let port = free_port()?;
+        // Each attempt's log alone, so that an old bind error is not read
+        // again (removed, not emptied: the server's owner creates it).
+        let _ = std::fs::remove_file(&log);
+        cluster.options = format!(
+            "-c listen_addresses='127.0.0.1' -c port={port} -c unix_socket_directories='{}' \
+             -c max_connections=400",
+            path_str(&socket_dir)?
+        );
+        let started = cluster.run(
+            "pg_ctl",
+            &[
+                "-D",
+                path_str(&data)?,
+                "-l",
+                path_str(&log)?,
+                "-w",
+                "-t",
+                "60",
+                "-o",
+                &cluster.options,
+                "start",
+            ],
+        );
+        match started {
+            Ok(()) => break port,
+            Err(why) => {
+                let log_text = std::fs::read_to_string(&log).unwrap_or_default();
+                let port_taken = log_text.contains("could not bind")
+                    || log_text.contains("Address already in use");
+                if !(port_taken && attempt < 5) {
+                    return Err(format!("{why}\nserver log:\n{log_text}"));
+                }
+            }
+        }
+    };
+    // The socket's file is named after the port, so the URL names it too.
     let admin_url = format!(
-        "postgres://postgres@{}/postgres",
+        "postgres://postgres@{}:{port}/postgres",
         percent_encode(path_str(&socket_dir)?)
     );
     *CLUSTER.lock().unwrap_or_else(|e| e.into_inner()) = Some(cluster);
     register_stop_at_exit();
-    Ok(Server { admin_url })
+    Ok(Server {
+        admin_url,
+        tcp_port: Some(port),
+    })
+}
+
+/// A TCP port of 127.0.0.1 that is free right now.
+fn free_port() -> Result<u16, String> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")
+        .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))?;
+    listener
+        .local_addr()
+        .map(|a| a.port())
+        .map_err(|e| format!("cannot find a free port on 127.0.0.1: {e}"))
 }
 
 impl Cluster {
