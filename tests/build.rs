@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// The components of the guest workspace, by crate name.
-const COMPONENTS: &[&str] = &["greet", "shout", "words", "join", "hostile", "bench", "slow"];
+const COMPONENTS: &[&str] = &[
+    "greet", "shout", "words", "join", "hostile", "bench", "slow",
+];
 
 fn main() {
     let manifest_dir = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));

@@ -44,7 +44,9 @@ pub enum ContextStoreError {
     /// A write made under a claim that is no longer current: another worker
     /// took the node over (its fencing token is newer), or the claim was
     /// given up. Nothing was written.
-    #[error("fenced: the claim on ({flow_run_id}, {node_id}) with token {token} is no longer current")]
+    #[error(
+        "fenced: the claim on ({flow_run_id}, {node_id}) with token {token} is no longer current"
+    )]
     Fenced {
         /// The run of the refused write's claim.
         flow_run_id: FlowRunId,

@@ -470,7 +470,10 @@ mod tests {
             Some(r#"{"a": [1, 2.5, "x"]}"#),
             "the text comes back exactly as written"
         );
-        assert_eq!(wait(g.put(&r, &n, "2")), Err(GuestStoreError::AlreadyExists));
+        assert_eq!(
+            wait(g.put(&r, &n, "2")),
+            Err(GuestStoreError::AlreadyExists)
+        );
         assert_eq!(wait(g.list_keys(&r)).unwrap(), vec![n]);
     }
 
@@ -479,13 +482,9 @@ mod tests {
         let (mut g, store, run, node) = guest(Grant::default(), Limits::default());
         let other_node = NodeId::new();
         let other_run = FlowRunId::new();
-        let err = g
-            .put(&run.to_string(), &other_node.to_string(), "1")
-            .unwrap_err();
+        let err = wait(g.put(&run.to_string(), &other_node.to_string(), "1")).unwrap_err();
         assert_eq!(err.kind(), "access-denied");
-        let err = g
-            .put(&other_run.to_string(), &node.to_string(), "1")
-            .unwrap_err();
+        let err = wait(g.put(&other_run.to_string(), &node.to_string(), "1")).unwrap_err();
         assert_eq!(err.kind(), "access-denied");
         assert_eq!(store.get(run, other_node).unwrap(), None);
         assert_eq!(store.get(other_run, node).unwrap(), None);
@@ -505,7 +504,9 @@ mod tests {
             "access-denied"
         );
         assert_eq!(
-            wait(g.list_keys(&other_run.to_string())).unwrap_err().kind(),
+            wait(g.list_keys(&other_run.to_string()))
+                .unwrap_err()
+                .kind(),
             "access-denied"
         );
     }
@@ -524,7 +525,10 @@ mod tests {
             wait(g.upsert_global("shared/x", "1")).unwrap_err().kind(),
             "access-denied"
         );
-        assert_eq!(wait(g.get_global("mine/x")).unwrap_err().kind(), "access-denied");
+        assert_eq!(
+            wait(g.get_global("mine/x")).unwrap_err().kind(),
+            "access-denied"
+        );
         wait(g.put_global("mine/x", "1")).unwrap();
         assert_eq!(
             wait(g.put_global("mine/x", "2")),
@@ -532,7 +536,10 @@ mod tests {
         );
         wait(g.upsert_global("mine/x", "3")).unwrap();
         store.put_global("shared/x", &serde_json::json!(7)).unwrap();
-        assert_eq!(wait(g.get_global("shared/x")).unwrap().as_deref(), Some("7"));
+        assert_eq!(
+            wait(g.get_global("shared/x")).unwrap().as_deref(),
+            Some("7")
+        );
         assert_eq!(store.get_global("secret/key").unwrap(), None);
         assert_eq!(
             store.get_global("mine/x").unwrap(),
@@ -544,7 +551,9 @@ mod tests {
     fn bad_ids_and_bad_json_are_typed_errors() {
         let (mut g, _, run, node) = guest(Grant::default(), Limits::default());
         assert_eq!(
-            wait(g.put("nope", &node.to_string(), "1")).unwrap_err().kind(),
+            wait(g.put("nope", &node.to_string(), "1"))
+                .unwrap_err()
+                .kind(),
             "invalid-id"
         );
         assert_eq!(
@@ -552,9 +561,7 @@ mod tests {
             "invalid-id"
         );
         assert_eq!(wait(g.list_keys("\u{0}")).unwrap_err().kind(), "invalid-id");
-        let err = g
-            .put(&run.to_string(), &node.to_string(), "{not json")
-            .unwrap_err();
+        let err = wait(g.put(&run.to_string(), &node.to_string(), "{not json")).unwrap_err();
         assert_eq!(err.kind(), "invalid-json");
         assert_eq!(
             wait(g.put(&run.to_string(), &node.to_string(), ""))
@@ -578,9 +585,15 @@ mod tests {
             wait(g.put(&r, &n, "\"0123456789\"")).unwrap_err().kind(),
             "quota-exceeded"
         );
-        assert_eq!(wait(g.put(&r, &n, "[[[1]]]")).unwrap_err().kind(), "invalid-json");
+        assert_eq!(
+            wait(g.put(&r, &n, "[[[1]]]")).unwrap_err().kind(),
+            "invalid-json"
+        );
         wait(g.put(&r, &n, "[[1]]")).unwrap();
-        assert_eq!(wait(g.put_global("k", "1")).unwrap_err().kind(), "quota-exceeded");
+        assert_eq!(
+            wait(g.put_global("k", "1")).unwrap_err().kind(),
+            "quota-exceeded"
+        );
         assert_eq!(g.writes(), 3);
         assert_eq!(
             store.get(run, node).unwrap(),

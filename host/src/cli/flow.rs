@@ -187,7 +187,9 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 });
                 if let Some(c) = &n.claim {
                     row["worker"] = json!(c.worker);
+                    row["incarnation"] = json!(c.incarnation);
                     row["attempt"] = json!(c.attempt);
+                    row["token"] = json!(c.token);
                     row["lease_left_ms"] =
                         json!(u64::try_from(c.lease_left.as_millis()).unwrap_or(u64::MAX));
                 }
@@ -335,15 +337,22 @@ impl Progress {
                 FlowEvent::Blocked { node, by } => {
                     format!("  blocked  {}  (upstream `{by}` failed)", node.name)
                 }
+                FlowEvent::Stopped { node, reason } => {
+                    format!("  stopped  {}  ({reason})", node.name)
+                }
             },
             Mode::Events => match event {
                 FlowEvent::Started { node } => json!({"event": "started", "node": node.name}),
+                FlowEvent::Stopped { node, reason } => {
+                    json!({"event": "stopped", "node": node.name, "reason": reason})
+                }
                 FlowEvent::Claimed {
                     node,
                     worker,
                     attempt,
+                    token,
                 } => {
-                    json!({"event": "claimed", "node": node.name, "worker": worker, "attempt": attempt})
+                    json!({"event": "claimed", "node": node.name, "worker": worker, "attempt": attempt, "token": token})
                 }
                 FlowEvent::Finished {
                     node,

@@ -67,7 +67,7 @@ fn parse(entry: &JsonText) -> Option<Failure> {
 /// Records that attempt `attempt` at `node` failed in `run`, and why, under
 /// `cx` (on a shared run, fenced by the node's claim: a worker that lost
 /// the node writes nothing).
-pub async fn record_failure(
+pub async fn record(
     store: &dyn AsyncContextStore,
     cx: &CallContext,
     run: FlowRunId,
@@ -109,6 +109,18 @@ pub async fn last_warning(
     Ok((wrote == Some(failure.attempt)).then_some(failure.error))
 }
 
+/// Records that attempt `attempt` at `node` failed in `run` (synchronous:
+/// for embedders and tools; the runner uses [`record`]).
+pub fn record_failure(
+    store: &dyn ContextStore,
+    run: FlowRunId,
+    node: NodeId,
+    error: &str,
+    attempt: u32,
+) -> Result<(), ContextStoreError> {
+    store.upsert_global_text(&key(run, node), &entry(error, attempt)?)
+}
+
 /// The last failed attempt at `node` in `run`, if one failed (synchronous,
 /// for `flow status`).
 pub fn failure(
@@ -116,7 +128,10 @@ pub fn failure(
     run: FlowRunId,
     node: NodeId,
 ) -> Result<Option<Failure>, ContextStoreError> {
-    Ok(store.get_global_text(&key(run, node))?.as_ref().and_then(parse))
+    Ok(store
+        .get_global_text(&key(run, node))?
+        .as_ref()
+        .and_then(parse))
 }
 
 /// The failure of the attempt that stored `node`'s output, if that attempt

@@ -185,12 +185,11 @@ impl<'a> Leases<'a> {
             .unwrap_or(started + self.lease)
             .max(started + Duration::from_millis(100));
         let cx = CallContext::until(until);
-        let renewed = self.runtime.block_on(self.coordinator.renew(
-            &cx,
-            self.run,
-            &self.worker,
-            self.lease,
-        ));
+        let renewed =
+            self.runtime.block_on(
+                self.coordinator
+                    .renew(&cx, self.run, &self.worker, self.lease),
+            );
         match renewed {
             Ok(renewal) => {
                 let mut held = lock(&self.held);
@@ -202,7 +201,9 @@ impl<'a> Leases<'a> {
                         let won_before = claim.valid_until <= started + self.lease;
                         if won_before && !renewal.held.contains(node) {
                             tracing::warn!(node = %node, token = claim.fence.token, "claim taken over by another worker; stopping its step");
-                            claim.stop.stop("the node's claim was taken over by another worker");
+                            claim
+                                .stop
+                                .stop("the node's claim was taken over by another worker");
                         }
                     }
                 }

@@ -21,8 +21,8 @@ mod status;
 
 pub use file::{load, parse};
 pub use journal::JOURNAL_PREFIX;
-pub use resume::{Change, ChangedNode, check_unchanged, compare};
 pub use lease::{LeaseOptions, default_worker_name};
+pub use resume::{Change, ChangedNode, check_unchanged, compare};
 pub use runner::{FlowEvent, FlowReport, NodeResult, RunOptions, run};
 pub use status::{NodeState, NodeStatus, status};
 

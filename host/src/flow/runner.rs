@@ -52,6 +52,8 @@ pub enum FlowEvent<'a> {
         /// How many times the node has been claimed, this claim included
         /// (more than 1 after a lease expired).
         attempt: u32,
+        /// The claim's fencing token: greater than every earlier claim's.
+        token: i64,
     },
     /// The node is done: it ran now, or its output was already stored.
     Finished {
@@ -74,6 +76,15 @@ pub enum FlowEvent<'a> {
         error: &'a StepError,
         /// How long the invocation took.
         elapsed: Duration,
+    },
+    /// This worker's step at the node was stopped because its claim was
+    /// lost (taken over, or its lease ran out): another worker runs the
+    /// node, or this one looks at it again.
+    Stopped {
+        /// The node.
+        node: &'a FlowNode,
+        /// Why.
+        reason: &'a str,
     },
     /// The node will not run because an upstream node failed.
     Blocked {
@@ -480,6 +491,7 @@ impl Worker<'_> {
                     node,
                     worker: &leases.worker.name,
                     attempt,
+                    token: fence.token,
                 });
                 let stop = leases.hold(fence, since);
                 let result = self.run_node(i, Some((fence, stop)));
@@ -718,7 +730,13 @@ impl Worker<'_> {
             }
             // A step stopped because its claim was lost is not this
             // worker's failure to report: the node is looked at again.
-            Err(error @ StepError::Stopped(_)) if fence.is_some() => NodeResult::Failed(error),
+            Err(StepError::Stopped(reason)) if fence.is_some() => {
+                self.emit(&FlowEvent::Stopped {
+                    node,
+                    reason: &reason,
+                });
+                NodeResult::Failed(StepError::Stopped(reason))
+            }
             Err(error) => {
                 self.journal_failure(i, &error, attempt, fence);
                 self.emit(&FlowEvent::Failed {
@@ -774,7 +792,7 @@ impl Worker<'_> {
         let node = &self.flow.nodes[i];
         let cx = self.bookkeeping().fenced(fence);
         let recorded = catch_unwind(AssertUnwindSafe(|| {
-            self.block_on(journal::record_failure(
+            self.block_on(journal::record(
                 self.store.as_ref(),
                 &cx,
                 self.flow_run_id,

@@ -3,9 +3,9 @@
 use std::collections::HashMap;
 
 use super::{Flow, journal};
+use crate::coord::{CallContext, ClaimRecord};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
-use crate::coord::{CallContext, ClaimRecord};
 use crate::store::{ContextStore, Provenance};
 
 /// Where a node stands in a run.
@@ -46,24 +46,24 @@ pub fn status(
     flow: &Flow,
     flow_run_id: FlowRunId,
 ) -> Result<Vec<NodeStatus>, ContextStoreError> {
-    let mut claims: HashMap<NodeId, ClaimRecord> = match store
-        .as_async()
-        .and_then(|s| s.coordinator())
-    {
-        Some(coordinator) => {
-            let executor = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .map_err(|e| ContextStoreError::StorageError(format!("cannot start a runtime: {e}")))?;
-            let cx = CallContext::within(std::time::Duration::from_secs(30));
-            executor
-                .block_on(coordinator.claims(&cx, flow_run_id))?
-                .into_iter()
-                .map(|r| (r.node_id, r))
-                .collect()
-        }
-        None => HashMap::new(),
-    };
+    let mut claims: HashMap<NodeId, ClaimRecord> =
+        match store.as_async().and_then(|s| s.coordinator()) {
+            Some(coordinator) => {
+                let executor = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .map_err(|e| {
+                        ContextStoreError::StorageError(format!("cannot start a runtime: {e}"))
+                    })?;
+                let cx = CallContext::within(std::time::Duration::from_secs(30));
+                executor
+                    .block_on(coordinator.claims(&cx, flow_run_id))?
+                    .into_iter()
+                    .map(|r| (r.node_id, r))
+                    .collect()
+            }
+            None => HashMap::new(),
+        };
     flow.nodes
         .iter()
         .map(|node| {

@@ -6,10 +6,10 @@ use std::collections::HashMap;
 use wasmtime::component::Linker;
 use wasmtime::{Config, Engine, InstanceAllocationStrategy};
 
+use super::RuntimeError;
 use super::bindings::{self, StepPre};
 use super::pool::PoolConfig;
 use super::state::StepState;
-use super::RuntimeError;
 
 /// Whether an engine meters fuel. Fuel metering costs every guest
 /// instruction, so only invocations with a fuel budget pay for it.

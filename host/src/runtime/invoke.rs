@@ -89,7 +89,9 @@ impl Runtime {
         // A write already inside a commit ends with that commit: wait for
         // it, so that what is reported below is what the store holds.
         if !in_flight.settle(Instant::now() + SETTLE).await {
-            tracing::warn!("a write of the stopped step was still running {SETTLE:?} after it was stopped");
+            tracing::warn!(
+                "a write of the stopped step was still running {SETTLE:?} after it was stopped"
+            );
         }
         // A step that stored its output before it was stopped is done.
         let look = CallContext::within(Duration::from_secs(2)).blocking(may_block);
@@ -110,7 +112,10 @@ impl Runtime {
 
     async fn invoke(&self, call: &Call<'_>) -> Result<StepOutcome, StepError> {
         let Call {
-            step, invocation, cx, ..
+            step,
+            invocation,
+            cx,
+            ..
         } = *call;
         let (component, limits) = (&step.component, &step.limits);
         let started_at = provenance::unix_millis_now();

@@ -8,11 +8,11 @@ use std::time::Instant;
 use wasmtime::Engine;
 use wasmtime::component::Component;
 
+use super::Runtime;
 use super::bindings::StepPre;
 use super::cache::Lookup;
 use super::engines::{Allocation, EngineKind, Metering};
 use super::state::StepState;
-use super::Runtime;
 
 /// Why a component could not be loaded.
 #[derive(Debug, thiserror::Error)]

@@ -1,7 +1,7 @@
 //! What a successful invocation gives back.
 
-use crate::json::JsonText;
 use super::StepError;
+use crate::json::JsonText;
 
 /// Whether an invocation ran the step or found its output already stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -121,6 +121,12 @@ impl Runtime {
         grant: &Grant,
         limits: &Limits,
     ) -> PreparedStep<'_> {
-        PreparedStep::new(self, component.clone(), store, grant.clone(), limits.clone())
+        PreparedStep::new(
+            self,
+            component.clone(),
+            store,
+            grant.clone(),
+            limits.clone(),
+        )
     }
 }

@@ -45,10 +45,14 @@ impl StopSignal {
     /// Resolves with the reason once the signal is given.
     pub async fn stopped(&self) -> String {
         let mut receiver = self.sender.subscribe();
-        match receiver.wait_for(Option::is_some).await {
-            Ok(reason) => reason.clone().unwrap_or_default(),
+        let reason = match receiver.wait_for(Option::is_some).await {
+            Ok(reason) => reason.clone(),
             // The sender lives as long as `self`: not reached.
-            Err(_) => std::future::pending().await,
+            Err(_) => None,
+        };
+        match reason {
+            Some(reason) => reason,
+            None => std::future::pending().await,
         }
     }
 }

@@ -152,10 +152,10 @@ impl AsyncContextStore for Adapter {
     ) -> Result<(), ContextStoreError> {
         let (owned, prov) = (value.clone(), provenance.cloned());
         delegate!(self, cx, s => s.put(cx, flow_run_id, node_id, value, provenance),
-            store => match &prov {
-                Some(p) => store.put_text_with_provenance(flow_run_id, node_id, &owned, p),
-                None => store.put_text(flow_run_id, node_id, &owned),
-            })
+        store => match &prov {
+            Some(p) => store.put_text_with_provenance(flow_run_id, node_id, &owned, p),
+            None => store.put_text(flow_run_id, node_id, &owned),
+        })
     }
 
     async fn get(

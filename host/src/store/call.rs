@@ -57,7 +57,11 @@ impl CallContext {
 
     /// A call that may take `budget` from now.
     pub fn within(budget: Duration) -> Self {
-        Self::until(Instant::now().checked_add(budget).unwrap_or_else(far_future))
+        Self::until(
+            Instant::now()
+                .checked_add(budget)
+                .unwrap_or_else(far_future),
+        )
     }
 
     /// The same call under `fence`.

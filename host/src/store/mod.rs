@@ -17,7 +17,7 @@ pub use async_store::{AsyncContextStore, to_async};
 
 pub mod atomic;
 pub mod call;
-pub mod deadline;
+
 #[cfg(feature = "postgres")]
 pub mod postgres;
 pub mod provenance;

@@ -242,6 +242,55 @@ mod tests {
     }
 
     #[test]
+    fn migrating_a_current_database_takes_no_write_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("current.db");
+        let mut conn = Connection::open(&path).unwrap();
+        conn.execute_batch("PRAGMA journal_mode = WAL").unwrap();
+        migrate(&mut conn).unwrap();
+        let other = Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        // Fail at once, rather than wait, if the lock were wanted.
+        conn.busy_timeout(std::time::Duration::ZERO).unwrap();
+        let report = migrate_reporting(&mut conn).unwrap();
+        assert_eq!(
+            (report.from_version, report.to_version),
+            (CURRENT_VERSION, CURRENT_VERSION)
+        );
+        other.execute_batch("ROLLBACK").unwrap();
+    }
+
+    #[test]
+    fn refuses_marks_that_are_not_contextstore_s() {
+        assert!(refuse_marks(0, 0).is_ok());
+        assert!(refuse_marks(APPLICATION_ID, CURRENT_VERSION).is_ok());
+        for (app, version, expected) in [
+            (0x1234, 0, "application_id 0x1234"),
+            (0, 2, "user_version 2 without"),
+            (APPLICATION_ID, -1, "user_version -1"),
+            (APPLICATION_ID, CURRENT_VERSION + 1, "newer than this build"),
+        ] {
+            let err = refuse_marks(app, version).unwrap_err().to_string();
+            assert!(err.contains(expected), "{err}");
+        }
+    }
+
+    #[test]
+    fn refuses_a_user_version_without_the_application_id_and_writes_nothing() {
+        let mut conn = Connection::open_in_memory().unwrap();
+        conn.pragma_update(None, "user_version", 2).unwrap();
+        let err = migrate(&mut conn).unwrap_err().to_string();
+        assert!(err.contains("not a contextstore database"), "{err}");
+        let app: i64 = conn
+            .pragma_query_value(None, "application_id", |r| r.get(0))
+            .unwrap();
+        let tables: i64 = conn
+            .query_row("SELECT count(*) FROM sqlite_schema", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!((app, tables), (0, 0));
+    }
+
+    #[test]
     fn refuses_a_foreign_database() {
         let mut conn = Connection::open_in_memory().unwrap();
         conn.execute_batch("CREATE TABLE users (id INTEGER)")

@@ -330,6 +330,14 @@ impl SqliteContextStore {
     }
 }
 
+/// Refuses, touching nothing, a file at `path` that is not this build's to
+/// open for writing (another application's, or a newer schema): what
+/// [`SqliteContextStore::open`] checks first, for other ways of opening a
+/// file for writing (`contextstore migrate`).
+pub(crate) fn check_before_opening(path: &Path) -> Result<(), ContextStoreError> {
+    open::check_before_opening(path, &SqliteOptions::default())
+}
+
 /// Runs `f`, waiting out a busy database (a lock held by another process,
 /// or WAL recovery after a crash) until `give_up`; then fails with
 /// [`ContextStoreError::Timeout`]. Each statement is atomic, so a retry

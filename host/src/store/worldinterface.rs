@@ -82,6 +82,9 @@ pub fn migrate_file(path: impl AsRef<Path>) -> Result<MigrationReport, ContextSt
             "no such database file".into(),
         )));
     }
+    // A file that is not this build's to change is refused before anything
+    // (not even a -wal or -shm beside it) is written.
+    super::sqlite::check_before_opening(path).map_err(at)?;
     let flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
     let mut conn = Connection::open_with_flags(path, flags).map_err(|e| at(e.into()))?;
     conn.busy_timeout(std::time::Duration::from_secs(60))

@@ -42,7 +42,12 @@ pub(super) fn naming(target: &str, error: ContextStoreError) -> ContextStoreErro
 
 /// A database error as a storage error, worded for an operator.
 pub(super) fn error(e: &tokio_postgres::Error) -> ContextStoreError {
-    let message = match (e.code(), e.as_db_error()) {
+    ContextStoreError::StorageError(message(e))
+}
+
+/// A database error worded for an operator.
+pub(super) fn message(e: &tokio_postgres::Error) -> String {
+    match (e.code(), e.as_db_error()) {
         (Some(code), Some(db))
             if *code == SqlState::INVALID_PASSWORD
                 || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION =>
@@ -66,8 +71,7 @@ pub(super) fn error(e: &tokio_postgres::Error) -> ContextStoreError {
             }
             text
         }
-    };
-    ContextStoreError::StorageError(message)
+    }
 }
 
 /// Whether `e` is a unique violation of `constraint`.

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant};
 use deadpool::managed::PoolError;
 use tokio_postgres::NoTls;
 
-use super::errors::{error, is_cancelled, is_transient, keeps_connection};
+use super::errors::{error, is_cancelled, is_transient, keeps_connection, message};
 use super::pool::Conn;
 use super::{PostgresContextStore, storage};
 use crate::error::ContextStoreError;
@@ -45,7 +45,7 @@ const MOST_PAUSE: Duration = Duration::from_millis(500);
 
 /// Why an attempt failed.
 #[derive(Debug)]
-pub(crate) enum Fault {
+pub(super) enum Fault {
     /// The database or the connection failed.
     Pg(tokio_postgres::Error),
     /// The answer of the call (a refusal such as write-once or fencing).
@@ -67,7 +67,7 @@ impl From<ContextStoreError> for Fault {
 impl fmt::Display for Fault {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            Self::Pg(e) => fmt::Display::fmt(&error(e), f),
+            Self::Pg(e) => f.write_str(&message(e)),
             Self::Store(e) => fmt::Display::fmt(e, f),
         }
     }
@@ -196,7 +196,7 @@ impl PostgresContextStore {
             let failure = match self.attempt(deadline, effect, args, &mut work, retry).await {
                 Ok(answer) => {
                     if attempts > 1 {
-                        tracing::debug!(target = %self.target, what, attempts, "succeeded after retrying");
+                        tracing::debug!(database = %self.target, what, attempts, "succeeded after retrying");
                     }
                     return Ok(answer);
                 }
@@ -216,12 +216,12 @@ impl PostgresContextStore {
                 Failure::Transient { error: e, sent } => {
                     retry.uncertain |= sent && effect == Effect::Write;
                     let pause = backoff.pause();
-                    let why = error(&e);
+                    let why = message(&e);
                     if Instant::now() + pause >= deadline {
-                        tracing::warn!(target = %self.target, what, attempts, error = %why,
+                        tracing::warn!(database = %self.target, what, attempts, error = %why,
                             "giving up at the call's deadline");
                         return Err(if retry.uncertain {
-                            self.unknown_outcome(what, &why.to_string())
+                            self.unknown_outcome(what, &why)
                         } else {
                             storage(
                                 &self.target,
@@ -232,9 +232,9 @@ impl PostgresContextStore {
                         });
                     }
                     if attempts >= 3 {
-                        tracing::warn!(target = %self.target, what, attempts, error = %why, ?pause, "retrying");
+                        tracing::warn!(database = %self.target, what, attempts, error = %why, ?pause, "retrying");
                     } else {
-                        tracing::debug!(target = %self.target, what, attempts, error = %why, ?pause, "retrying");
+                        tracing::debug!(database = %self.target, what, attempts, error = %why, ?pause, "retrying");
                     }
                     self.retries.fetch_add(1, Ordering::Relaxed);
                     self.sleep(pause).await;

@@ -61,6 +61,17 @@ impl PostgresContextStore {
         .await
     }
 
+    /// The server process of the connection a call gets.
+    async fn backend_pid(&self) -> Result<i32, ContextStoreError> {
+        self.call(&CallContext::none(), Effect::Read, "pid", &(), |c, _, _| {
+            Box::pin(async move {
+                let row = c.client.query_one("SELECT pg_backend_pid()", &[]).await?;
+                Ok(row.try_get(0)?)
+            })
+        })
+        .await
+    }
+
     fn retried(&self) -> u64 {
         self.retries.load(Ordering::Relaxed)
     }
@@ -364,6 +375,31 @@ fn every_connection_gets_its_settings_when_it_connects() {
 }
 
 #[test]
+fn connections_get_keepalives_timeouts_and_keep_url_options() {
+    let mut config: tokio_postgres::Config =
+        "postgres://u@db.example/x?options=-c%20work_mem%3D8MB"
+            .parse()
+            .unwrap();
+    super::configure(&mut config, &PostgresOptions::default(), true);
+    assert!(config.get_keepalives());
+    assert_eq!(config.get_keepalives_idle(), Duration::from_secs(5));
+    assert_eq!(
+        config.get_keepalives_interval(),
+        Some(Duration::from_secs(2))
+    );
+    assert_eq!(config.get_keepalives_retries(), Some(3));
+    assert_eq!(
+        config.get_tcp_user_timeout(),
+        Some(&Duration::from_secs(10))
+    );
+    assert_eq!(config.get_connect_timeout(), Some(&Duration::from_secs(10)));
+    assert_eq!(
+        config.get_options(),
+        Some("-c work_mem=8MB -c statement_timeout=60000 -c default_transaction_read_only=on")
+    );
+}
+
+#[test]
 fn calls_work_from_inside_another_runtime_and_outlive_it() {
     let url = cluster::fresh_database();
     let one = PostgresOptions {
@@ -383,11 +419,11 @@ fn calls_work_from_inside_another_runtime_and_outlive_it() {
             .unwrap();
         // The synchronous interface, from inside a task, too.
         assert_eq!(store.get(run, node).unwrap(), Some(json!(1)));
-        store.setting("pid").await.unwrap()
+        store.backend_pid().await.unwrap()
     });
     drop(caller);
     // The connection made for that runtime's calls lives on the store's.
-    assert_eq!(store.block(store.setting("pid")).unwrap(), pid);
+    assert_eq!(store.block(store.backend_pid()).unwrap(), pid);
     assert_eq!(store.get(run, node).unwrap(), Some(json!(1)));
     assert_eq!(store.retried(), 0);
     // A deadline is kept on any caller's runtime.
@@ -712,11 +748,11 @@ fn a_new_incarnation_of_a_name_does_not_inherit_its_claims() {
     let f = Fixture::new();
     let (run, node) = ids();
     let (before, after) = (WorkerId::new("w"), WorkerId::new("w"));
-    let first = f.won(run, node, &before, Duration::from_millis(300));
+    let first = f.won(run, node, &before, Duration::from_millis(1_000));
     assert!(matches!(
         f.claim(run, node, &after, LONG),
         Claim::Held { worker, same_name: true, lease_left }
-            if worker == "w" && lease_left <= Duration::from_millis(300)
+            if worker == "w" && lease_left <= Duration::from_millis(1_000)
     ));
     assert!(matches!(
         f.claim(run, node, &WorkerId::new("x"), LONG),
@@ -730,7 +766,7 @@ fn a_new_incarnation_of_a_name_does_not_inherit_its_claims() {
         vec![],
         "renewed another incarnation's claim"
     );
-    std::thread::sleep(Duration::from_millis(400));
+    std::thread::sleep(Duration::from_millis(1_100));
     let second = match f.claim(run, node, &after, LONG) {
         Claim::Won { attempt: 2, fence } => fence,
         other => panic!("{other:?}"),
@@ -762,6 +798,7 @@ fn a_retried_claim_is_won_with_the_same_token() {
     // Once given up, the same incarnation's claim is a new win.
     f.block(f.store.release(&CallContext::none(), &fence))
         .unwrap();
+    assert_eq!(f.renew(run, &w), vec![], "renewed a released claim");
     match f.claim(run, node, &w, LONG) {
         Claim::Won {
             attempt: 2,

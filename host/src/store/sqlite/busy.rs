@@ -52,7 +52,7 @@ fn scoped<T>(
 pub(crate) fn handler(_attempts: i32) -> bool {
     let give_up = GIVE_UP
         .with(Cell::get)
-        .unwrap_or_else(|| Instant::now() + UNSET);
+        .unwrap_or_else(|| crate::store::CallContext::none().give_up(UNSET));
     let left = give_up.saturating_duration_since(Instant::now());
     if left.is_zero() {
         return false;

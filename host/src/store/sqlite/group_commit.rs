@@ -51,7 +51,8 @@ use crate::error::ContextStoreError;
 pub(crate) const MAX_BATCH: usize = 1024;
 
 /// How often a writer whose give-up time has passed, while its write is in
-/// a leader's transaction, looks again whether the leader is still there.
+/// a leader's transaction, looks again at its answer (it is woken when the
+/// answer is there: this only bounds each wait).
 const RECHECK: Duration = Duration::from_millis(100);
 
 /// Where a write is.
@@ -98,14 +99,26 @@ pub(crate) struct GroupCommit {
     max_batch: usize,
 }
 
-/// Ends a leader's turn, also if the batch panicked: the next writer may
-/// lead, and every waiting writer looks at its answer.
-struct Turn<'a>(&'a GroupCommit);
+/// Ends a leader's turn, also if the batch panicked: a write of the batch
+/// left unanswered (the leader failed) is answered as lost, the next
+/// writer may lead, and every waiting writer looks at its answer.
+struct Turn<'a> {
+    group: &'a GroupCommit,
+    batch: Vec<Arc<Request>>,
+}
 
 impl Drop for Turn<'_> {
     fn drop(&mut self) {
-        lock(&self.0.queue).leading = false;
-        self.0.turn.notify_all();
+        let mut queue = lock(&self.group.queue);
+        for request in &self.batch {
+            let mut stage = lock(&request.stage);
+            if matches!(*stage, Stage::Taken) {
+                *stage = Stage::Done(Some(Err(lost())));
+            }
+        }
+        queue.leading = false;
+        drop(queue);
+        self.group.turn.notify_all();
     }
 }
 
@@ -159,11 +172,12 @@ impl GroupCommit {
                 Stage::Done(result) => Next::Return(result.take().unwrap_or_else(|| Err(lost()))),
                 Stage::Queued if me.expired(now) => Next::Expire,
                 Stage::Queued if !queue.leading => Next::Lead,
-                Stage::Queued => Next::Wait(me.give_up - now),
-                // Taken, but the leader is gone without answering: it failed.
-                Stage::Taken if !queue.leading => Next::Return(Err(lost())),
-                Stage::Taken if !me.expired(now) => Next::Wait(me.give_up - now),
-                // Past the give-up time, in a transaction: its result comes.
+                Stage::Queued => Next::Wait(me.give_up.saturating_duration_since(now)),
+                Stage::Taken if !me.expired(now) => {
+                    Next::Wait(me.give_up.saturating_duration_since(now))
+                }
+                // Past the give-up time, in a transaction: its result comes
+                // (the leader answers every write it took, or hands it back).
                 Stage::Taken => Next::Wait(RECHECK),
             };
             match next {
@@ -203,7 +217,10 @@ impl GroupCommit {
         }
         drop(queue);
         {
-            let _turn = Turn(self);
+            let _turn = Turn {
+                group: self,
+                batch: batch.clone(),
+            };
             let conn = lock(&self.conn);
             reset(&conn);
             Leader {

@@ -25,7 +25,7 @@ use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::{Durability, SqliteOptions, busy};
 use crate::error::ContextStoreError;
-use crate::store::schema;
+use crate::store::{CallContext, schema};
 
 /// The read connections of a file-backed store.
 pub(super) struct ReaderPool {
@@ -86,7 +86,7 @@ pub(super) fn writer(
         | OpenFlags::SQLITE_OPEN_URI;
     let mut conn = connect(path, flags, options)?;
     conn.busy_handler(Some(busy::handler))?;
-    let give_up = Instant::now() + options.busy_deadline;
+    let give_up = CallContext::none().give_up(options.busy_deadline);
     busy::wait_until(give_up, || configure_writer(&mut conn, options, give_up))?;
     Ok(conn)
 }
@@ -103,7 +103,7 @@ pub(super) fn readers(
     options: &SqliteOptions,
 ) -> Result<ReaderPool, ContextStoreError> {
     let mut pool = ReaderPool::new(path);
-    let give_up = Instant::now() + options.busy_deadline;
+    let give_up = CallContext::none().give_up(options.busy_deadline);
     let probe = busy::wait_until(give_up, || {
         let conn = pool.connect(options)?;
         // The first read opens the write-ahead log, if there is one.
@@ -209,7 +209,10 @@ fn parse_header(bytes: &[u8]) -> Option<Header> {
 /// its header's marks, then (for a file in WAL mode with no `-wal`, which a
 /// plain connection would make) by its tables, read through an immutable
 /// connection.
-fn check_before_opening(path: &Path, options: &SqliteOptions) -> Result<(), ContextStoreError> {
+pub(super) fn check_before_opening(
+    path: &Path,
+    options: &SqliteOptions,
+) -> Result<(), ContextStoreError> {
     let Some(header) = read_header(path) else {
         return Ok(());
     };

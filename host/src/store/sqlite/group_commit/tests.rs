@@ -191,11 +191,11 @@ fn a_leader_hands_back_the_batch_at_its_own_deadline() {
 }
 
 #[test]
-fn a_handed_back_write_is_taken_over_by_its_own_caller() {
+fn writes_queued_behind_a_leader_that_gives_up_are_each_answered_by_their_own_deadline() {
     let (_dir, path, group) = setup();
     let holder = hold_lock(&path, Duration::from_millis(1000));
-    // The short write leads, and the long one joins the queue behind it;
-    // a second leader ("first") holds the turn so both are queued together.
+    // "first" leads and gives up; "short" and "long", queued behind it
+    // meanwhile, go together in the next batch, whichever of them leads it.
     let first = {
         let group = Arc::clone(&group);
         thread::spawn(move || {
@@ -248,4 +248,38 @@ fn a_transaction_left_open_is_rolled_back_before_the_next_batch() {
         "an acknowledged write is not in the file"
     );
     assert!(!stored(&path, "ghost"));
+}
+
+#[test]
+fn a_leader_that_panics_mid_batch_answers_its_writes_as_lost_and_the_next_write_commits() {
+    let (_dir, path, group) = setup();
+    let taken = request("half", Instant::now() + Duration::from_secs(30));
+    lock(&group.queue).leading = true;
+    let caught = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let _turn = Turn {
+            group: &group,
+            batch: vec![Arc::clone(&taken)],
+        };
+        let conn = lock(&group.conn);
+        conn.execute_batch("BEGIN IMMEDIATE; INSERT INTO globals VALUES ('half', '1', 0);")
+            .unwrap();
+        panic!("between BEGIN and COMMIT");
+    }));
+    assert!(caught.is_err());
+    assert!(!lock(&group.queue).leading, "the turn was not given up");
+    assert!(
+        matches!(
+            &*lock(&taken.stage),
+            Stage::Done(Some(Err(ContextStoreError::StorageError(msg)))) if msg.contains("lost")
+        ),
+        "the taken write was not answered"
+    );
+    group
+        .submit(global("next"), Instant::now() + Duration::from_secs(30))
+        .unwrap();
+    assert!(stored(&path, "next"));
+    assert!(
+        !stored(&path, "half"),
+        "the panicked transaction was committed"
+    );
 }

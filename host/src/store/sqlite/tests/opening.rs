@@ -61,6 +61,35 @@ fn a_file_in_wal_mode_with_other_tables_is_refused_without_a_wal_made() {
     );
     assert_eq!(names(dir.path()), ["wal-users.db"]);
     refused_unchanged(&path, "other tables");
+    // Where no -wal or -shm can be made, it is still refused for what it
+    // is: it was looked at without them.
+    #[cfg(unix)]
+    {
+        let _closed = Closed::new(dir.path());
+        let err = SqliteContextStore::open(&path).unwrap_err().to_string();
+        assert!(err.contains("other tables"), "{err}");
+        let err = crate::store::worldinterface::migrate_file(&path)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("other tables"), "{err}");
+    }
+}
+
+#[test]
+fn contextstore_migrate_refuses_a_foreign_file_unchanged() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("v3.db");
+    make(&path, "PRAGMA user_version = 3; PRAGMA journal_mode = WAL;");
+    let (bytes, files) = (std::fs::read(&path).unwrap(), names(dir.path()));
+    let err = crate::store::worldinterface::migrate_file(&path)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("user_version 3"), "{err}");
+    assert!(
+        std::fs::read(&path).unwrap() == bytes,
+        "the refused file was changed"
+    );
+    assert_eq!(names(dir.path()), files);
 }
 
 #[test]
