@@ -52,11 +52,16 @@ fn outputs_get_and_list_on_postgres() {
     let db = postgres_cluster::fresh_database();
     let run = "67e55044-10b1-426f-9247-bb680e5fe0c8";
     let node = "00000000-0000-4000-8000-000000000001";
+    // A read-only command runs no DDL: a database without the schema is an
+    // error that says so (as a missing SQLite file is), and stays empty.
+    let fresh = contextstore(&["get", "--db", &db, run, node]);
+    assert_eq!(fresh.status.code(), Some(2));
+    assert_one_error_line(&fresh, "no contextstore schema");
+    let store = contextstore::PostgresContextStore::connect(&db).unwrap();
     assert_eq!(
         contextstore(&["get", "--db", &db, run, node]).status.code(),
         Some(1)
     );
-    let store = contextstore::PostgresContextStore::connect(&db).unwrap();
     contextstore::ContextStore::put(
         &store,
         run.parse().unwrap(),
