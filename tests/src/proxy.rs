@@ -92,6 +92,16 @@ impl Proxy {
         self.shared.changed.notify_all();
     }
 
+    /// Closes every live connection at once (both sockets, both ways), as
+    /// a network that drops them would; new connections are still accepted.
+    pub fn close_all(&self) {
+        let state = self.shared.lock();
+        for (a, b, _) in state.live.values() {
+            let _ = a.shutdown(Shutdown::Both);
+            let _ = b.shutdown(Shutdown::Both);
+        }
+    }
+
     /// How many connections the proxy has accepted and forwarded so far.
     pub fn connections(&self) -> usize {
         self.shared.lock().accepted
@@ -269,6 +279,14 @@ mod tests {
         client.read_exact(&mut buf).unwrap();
         assert_eq!(&buf, b"again");
         assert_eq!(proxy.connections(), 1);
+
+        // Cutting the connections ends them; new ones still come through.
+        proxy.close_all();
+        assert_eq!(client.read(&mut buf).unwrap(), 0);
+        let mut client = TcpStream::connect(proxy.addr()).unwrap();
+        client.write_all(b"third").unwrap();
+        client.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"third");
 
         // Dropping the proxy closes the connection, stalled or not.
         proxy.stall();

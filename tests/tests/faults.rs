@@ -794,6 +794,24 @@ fn stalled_network_ends_at_the_deadline() {
     let mut limits = Limits::default();
     limits.timeout = TIMEOUT;
 
+    // A watchdog, so that a host that blocks on the stalled socket fails
+    // this test instead of hanging it: past the limit it cuts the proxy's
+    // connections and lets traffic through again.
+    let proxy = Arc::new(proxy);
+    let watchdog_limit = TIMEOUT + Duration::from_secs(20);
+    let (finished, watch) = mpsc::channel::<()>();
+    let watchdog = {
+        let proxy = Arc::clone(&proxy);
+        std::thread::spawn(move || {
+            let fired = watch.recv_timeout(watchdog_limit).is_err();
+            if fired {
+                proxy.resume();
+                proxy.close_all();
+            }
+            fired
+        })
+    };
+
     proxy.stall();
     let executor = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -832,6 +850,8 @@ fn stalled_network_ends_at_the_deadline() {
         tokio::join!(stalled, quick)
     });
     drop(executor);
+    let _ = finished.send(());
+    let watchdog_fired = watchdog.join().unwrap();
     proxy.resume();
     let connections = proxy.connections();
     // The proxy goes first, so that nothing waits on a stalled socket.
@@ -845,6 +865,11 @@ fn stalled_network_ends_at_the_deadline() {
             Err(e) => format!("{e}"),
         },
         if quick.is_ok() { "Ok" } else { "failed" }
+    );
+    assert!(
+        !watchdog_fired,
+        "the stalled invocation was still running {watchdog_limit:?} after it started: the \
+         watchdog cut the connections (it ended after {stalled_at:?} with {stalled:?})"
     );
     assert!(
         matches!(stalled, Err(StepError::Timeout(_))),
@@ -889,7 +914,10 @@ fn sqlite_write_lock_held_elsewhere() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("context.db");
     let cache = dir.path().join("cache");
-    drop(SqliteContextStore::open(&path).expect("the store creates its file"));
+    // The in-process store of (ii), opened before the lock is taken (the
+    // command of (i) opens the file under the lock).
+    let store: Arc<dyn ContextStore> =
+        Arc::new(SqliteContextStore::open(&path).expect("the store creates its file"));
     let greet = load(components::GREET);
     // Compile greet into the CLI's cache first, so that the timed run only runs.
     let warm = Command::new(cli_binary())
@@ -940,15 +968,15 @@ fn sqlite_write_lock_held_elsewhere() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let out = process::wait_at_most(child, Duration::from_secs(20));
-    let cli_took = started.elapsed();
-    let cli_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    // Waited for on a thread of its own, so that (ii) runs meanwhile, under
+    // the same lock.
+    let cli = std::thread::spawn(move || {
+        let out = process::wait_at_most(child, Duration::from_secs(20));
+        (out, started.elapsed())
+    });
     let deadline = Duration::from_secs(TIMEOUT_SECS);
 
-    // (ii) In process, on a current-thread executor.
-    let opened = Instant::now();
-    let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::open(&path).unwrap());
-    let open_took = opened.elapsed();
+    // (ii) In process, on a current-thread executor, at the same time.
     let mut limits = Limits::default();
     limits.timeout = deadline;
     let executor = tokio::runtime::Builder::new_current_thread()
@@ -965,6 +993,8 @@ fn sqlite_write_lock_held_elsewhere() {
         &limits,
     ));
     let async_took = started.elapsed();
+    let (out, cli_took) = cli.join().unwrap();
+    let cli_stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     let still_locked = locked_at.elapsed() < Duration::from_secs(8);
 
     let holder_out = process::wait_at_most(holder, Duration::from_secs(15));
@@ -989,7 +1019,7 @@ fn sqlite_write_lock_held_elsewhere() {
     eprintln!(
         "fault sqlite_write_lock: with the write lock held elsewhere, `contextstore run --timeout \
          {TIMEOUT_SECS}` exited {:?} after {cli_took:.2?} ({}); run_async ended after {async_took:.2?} \
-         with {} (open took {open_took:.2?}); outputs stored after the holder exited: CLI {}, \
+         with {}; outputs stored after the holder exited: CLI {}, \
          in-process {}",
         out.status.code(),
         cli_stderr.lines().last().unwrap_or("").trim(),
@@ -999,10 +1029,6 @@ fn sqlite_write_lock_held_elsewhere() {
         },
         usize::from(cli_stored.is_some() || cli_fresh.is_some()),
         usize::from(async_stored.is_some() || async_fresh.is_some()),
-    );
-    assert!(
-        still_locked,
-        "the lock holder let go before the in-process run ended"
     );
     assert!(
         !out.status.success(),
@@ -1037,5 +1063,9 @@ fn sqlite_write_lock_held_elsewhere() {
     assert_eq!(
         async_fresh, None,
         "the in-process put was applied after it failed"
+    );
+    assert!(
+        still_locked,
+        "the lock holder let go before the in-process run ended"
     );
 }
