@@ -90,6 +90,8 @@ pub struct GuestStore {
     /// Whether a write was refused because the invocation's claim is no
     /// longer current.
     fenced: bool,
+    /// Whether a call ended at the invocation's deadline.
+    timed_out: bool,
     /// The invocation's own output, once its `put` succeeded.
     own_output: Option<JsonText>,
     /// Stored with the invocation's own output, `ended_at` set at the put.
@@ -102,21 +104,43 @@ pub struct GuestStore {
 /// caller may not block), so that a write whose caller was dropped at the
 /// deadline still reaches its end, and the host can wait for it to learn
 /// what the store holds.
+///
+/// It also keeps the invocation's own output once its `put` succeeded, so
+/// that the host knows it even when the invocation's future was dropped.
 #[derive(Clone, Debug, Default)]
-pub struct InFlight(Arc<Mutex<Vec<JoinHandle<()>>>>);
+pub struct InFlight(Arc<Writes>);
+
+#[derive(Debug, Default)]
+struct Writes {
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+    output: Mutex<Option<JsonText>>,
+}
 
 impl InFlight {
     fn track(&self, task: JoinHandle<()>) {
-        let mut tasks = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut tasks = self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner);
         tasks.retain(|t| !t.is_finished());
         tasks.push(task);
+    }
+
+    fn stored(&self, output: JsonText) {
+        *self.0.output.lock().unwrap_or_else(PoisonError::into_inner) = Some(output);
+    }
+
+    /// The invocation's own output, if its `put` succeeded.
+    pub fn output(&self) -> Option<JsonText> {
+        self.0
+            .output
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
     }
 
     /// Waits until every write has ended, or until `until`; `false` if some
     /// write was still running then.
     pub async fn settle(&self, until: Instant) -> bool {
         let tasks: Vec<_> =
-            std::mem::take(&mut *self.0.lock().unwrap_or_else(PoisonError::into_inner));
+            std::mem::take(&mut *self.0.tasks.lock().unwrap_or_else(PoisonError::into_inner));
         for task in tasks {
             if tokio::time::timeout_at(until.into(), task).await.is_err() {
                 return false;
@@ -147,6 +171,7 @@ impl GuestStore {
             writes: 0,
             lost_race: false,
             fenced: false,
+            timed_out: false,
             own_output: None,
             provenance: None,
             in_flight: InFlight::default(),
@@ -169,12 +194,26 @@ impl GuestStore {
     /// Runs a write: inline where the caller may block, else as a task of
     /// its own (tracked in [`in_flight`](Self::in_flight)) whose result is
     /// awaited.
-    async fn write<F, Fut>(&mut self, f: F) -> Result<(), ContextStoreError>
+    /// `output`, when the write is the invocation's own `put`, is noted in
+    /// [`InFlight`] as soon as the write succeeds.
+    async fn write<F, Fut>(
+        &mut self,
+        output: Option<JsonText>,
+        f: F,
+    ) -> Result<(), ContextStoreError>
     where
         F: FnOnce(Arc<dyn AsyncContextStore>, CallContext) -> Fut,
         Fut: Future<Output = Result<(), ContextStoreError>> + Send + 'static,
     {
         let write = f(self.store.clone(), self.cx);
+        let in_flight = self.in_flight.clone();
+        let write = async move {
+            let result = write.await;
+            if let (Ok(()), Some(output)) = (&result, output) {
+                in_flight.stored(output);
+            }
+            result
+        };
         let result = if self.cx.may_block || tokio::runtime::Handle::try_current().is_err() {
             write.await
         } else {
@@ -229,7 +268,7 @@ impl GuestStore {
         });
         let written = value.clone();
         let stored = self
-            .write(move |store, cx| async move {
+            .write(Some(value.clone()), move |store, cx| async move {
                 store
                     .put(&cx, run, node, &written, provenance.as_ref())
                     .await
@@ -263,10 +302,18 @@ impl GuestStore {
 
     /// Notes a fencing refusal, and passes the result on.
     fn note<T>(&mut self, result: Result<T, ContextStoreError>) -> Result<T, ContextStoreError> {
-        if matches!(result, Err(ContextStoreError::Fenced { .. })) {
-            self.fenced = true;
+        match result {
+            Err(ContextStoreError::Fenced { .. }) => self.fenced = true,
+            Err(ContextStoreError::Timeout(_)) => self.timed_out = true,
+            _ => {}
         }
         result
+    }
+
+    /// Whether a store call ended at the invocation's deadline (so a
+    /// failure the step reports after it is the deadline's).
+    pub fn timed_out(&self) -> bool {
+        self.timed_out
     }
 
     /// Whether the guest's `put` of its own output found one already stored:
@@ -280,24 +327,16 @@ impl GuestStore {
     pub async fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         self.check_own_run(run, "get")?;
-        Ok(self
-            .store
-            .get(&self.cx, run, node)
-            .await?
-            .map(JsonText::into_string))
+        let read = self.store.get(&self.cx, run, node).await;
+        Ok(self.note(read)?.map(JsonText::into_string))
     }
 
     /// `list-keys`: the nodes of the invocation's own run.
     pub async fn list_keys(&mut self, flow_run_id: &str) -> GuestResult<Vec<String>> {
         let run = parse_run(flow_run_id)?;
         self.check_own_run(run, "list-keys")?;
-        Ok(self
-            .store
-            .list_keys(&self.cx, run)
-            .await?
-            .iter()
-            .map(NodeId::to_string)
-            .collect())
+        let read = self.store.list_keys(&self.cx, run).await;
+        Ok(self.note(read)?.iter().map(NodeId::to_string).collect())
     }
 
     /// `put-global`: write-once, under a granted write prefix.
@@ -311,7 +350,9 @@ impl GuestStore {
         let value = self.check_value(value)?;
         let key = key.to_owned();
         Ok(self
-            .write(move |store, cx| async move { store.put_global(&cx, &key, &value).await })
+            .write(None, move |store, cx| async move {
+                store.put_global(&cx, &key, &value).await
+            })
             .await?)
     }
 
@@ -326,7 +367,9 @@ impl GuestStore {
         let value = self.check_value(value)?;
         let key = key.to_owned();
         Ok(self
-            .write(move |store, cx| async move { store.upsert_global(&cx, &key, &value).await })
+            .write(None, move |store, cx| async move {
+                store.upsert_global(&cx, &key, &value).await
+            })
             .await?)
     }
 
@@ -339,11 +382,8 @@ impl GuestStore {
                 shown(key)
             )));
         }
-        Ok(self
-            .store
-            .get_global(&self.cx, key)
-            .await?
-            .map(JsonText::into_string))
+        let read = self.store.get_global(&self.cx, key).await;
+        Ok(self.note(read)?.map(JsonText::into_string))
     }
 
     fn count_write(&mut self) -> GuestResult<()> {

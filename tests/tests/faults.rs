@@ -216,10 +216,10 @@ impl Worker {
                 }
                 text += &line;
                 // A killed worker may leave half a line: only whole ones count.
-                if line.ends_with('\n') {
-                    if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                        let _ = send.send(event);
-                    }
+                if line.ends_with('\n')
+                    && let Ok(event) = serde_json::from_str::<Value>(&line)
+                {
+                    let _ = send.send(event);
                 }
             }
             text
@@ -556,7 +556,7 @@ fn worker_restarted_under_its_own_name_finishes() {
         let claimed = first.wait_for("claim", Duration::from_secs(60), |e| {
             e["event"] == "claimed"
         });
-        std::thread::sleep(Duration::from_millis(300 + 200 * round));
+        std::thread::sleep(Duration::from_millis(300 + (200 * round) % 1_000));
         first.drain();
         assert!(
             first.done(claimed["node"].as_str().unwrap()).is_none(),
@@ -744,11 +744,20 @@ fn server_restart_mid_run() {
             }
         }
     }
-    let ran: usize = workers.iter().map(|w| w.events_of("done").count()).sum();
+    let reclaimed = workers
+        .iter()
+        .flat_map(|w| w.events_of("claimed"))
+        .filter(|e| e["attempt"].as_u64().unwrap_or(0) >= 2)
+        .count();
+    let ran: usize = workers
+        .iter()
+        .flat_map(|w| w.events_of("done"))
+        .filter(|e| e["ran"] == true)
+        .count();
     eprintln!(
         "fault server_restart: restarted (in {restart_time:.1?}) after {done_before} of {total} nodes; \
          workers (socket, TCP) exited {exits:?}; {} of {total} outputs stored once, {} differ from \
-         an uninterrupted run's; {ran} done events; run took {elapsed:.1?} (uninterrupted \
+         an uninterrupted run's; {ran} nodes run, {reclaimed} claimed again; run took {elapsed:.1?} (uninterrupted \
          {reference_time:.1?})",
         stored.len(),
         differ.len()
@@ -791,8 +800,10 @@ fn stalled_network_ends_at_the_deadline() {
     let quick_node = NodeId::new();
     let quick_invocation =
         Invocation::new(run, quick_node).with_params(json!({"name": "beside the stall"}));
-    let mut limits = Limits::default();
-    limits.timeout = TIMEOUT;
+    let limits = Limits {
+        timeout: TIMEOUT,
+        ..Limits::default()
+    };
 
     // A watchdog, so that a host that blocks on the stalled socket fails
     // this test instead of hanging it: past the limit it cuts the proxy's
@@ -977,8 +988,10 @@ fn sqlite_write_lock_held_elsewhere() {
     let deadline = Duration::from_secs(TIMEOUT_SECS);
 
     // (ii) In process, on a current-thread executor, at the same time.
-    let mut limits = Limits::default();
-    limits.timeout = deadline;
+    let limits = Limits {
+        timeout: deadline,
+        ..Limits::default()
+    };
     let executor = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

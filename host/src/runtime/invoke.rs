@@ -18,6 +18,7 @@ use super::{
     Invocation, PreparedStep, RunControl, Runtime, StepComponent, StepError, StepOutcome,
     StepStatus, pool,
 };
+use crate::error::ContextStoreError;
 use crate::guest_store::{GuestStore, InFlight};
 use crate::limits::Limits;
 use crate::store::call::far_future;
@@ -27,6 +28,21 @@ use crate::text::{self, MAX_MESSAGE_BYTES};
 /// The longest the host waits, after an invocation was stopped, for a
 /// write that was already inside a commit to end.
 const SETTLE: Duration = Duration::from_secs(5);
+
+/// An invocation's error as reported: one that came from a store call
+/// ending at the deadline, or that came at or after the deadline, is the
+/// deadline's ([`StepError::Timeout`]).
+fn at_deadline(error: StepError, deadline: Instant, limits: &Limits) -> StepError {
+    match error {
+        StepError::Timeout(_) | StepError::Stopped(_) => error,
+        StepError::Store(ContextStoreError::Timeout(_)) => StepError::Timeout(limits.timeout),
+        other if Instant::now() >= deadline => {
+            tracing::debug!(error = %other, "step failed at its deadline");
+            StepError::Timeout(limits.timeout)
+        }
+        other => other,
+    }
+}
 
 /// How an invocation ended early.
 enum Cut {
@@ -71,42 +87,39 @@ impl Runtime {
         };
         let cut = tokio::select! {
             ended = tokio::time::timeout_at(deadline.into(), self.invoke(&call).instrument(span)) => match ended {
-                Ok(result) => return result,
+                Ok(result) => return result.map_err(|error| at_deadline(error, deadline, limits)),
                 Err(_elapsed) => Cut::Timeout,
             },
             reason = stop => Cut::Stopped(reason),
         };
-        let error = match &cut {
+        let error = match cut {
             Cut::Timeout => {
                 tracing::info!(elapsed = ?started.elapsed(), "step timed out");
                 StepError::Timeout(limits.timeout)
             }
             Cut::Stopped(reason) => {
                 tracing::info!(elapsed = ?started.elapsed(), %reason, "step stopped");
-                StepError::Stopped(reason.clone())
+                StepError::Stopped(reason)
             }
         };
         // A write already inside a commit ends with that commit: wait for
-        // it, so that what is reported below is what the store holds.
+        // it, so that what is reported is what the store holds.
         if !in_flight.settle(Instant::now() + SETTLE).await {
             tracing::warn!(
                 "a write of the stopped step was still running {SETTLE:?} after it was stopped"
             );
         }
-        // A step that stored its output before it was stopped is done.
-        let look = CallContext::within(Duration::from_secs(2)).blocking(may_block);
-        match step.store.get(&look, run_id, node_id).await {
-            Ok(Some(output)) => Ok(StepOutcome {
+        // A step that stored its output before it was stopped is done. (On
+        // a shared run the runner looks for an output another worker
+        // stored; nothing here waits on a store that may be stalled.)
+        match in_flight.output() {
+            Some(output) => Ok(StepOutcome {
                 output,
-                status: match cut {
-                    Cut::Timeout => StepStatus::Ran,
-                    // Possibly by the worker that took the node over.
-                    Cut::Stopped(_) => StepStatus::AlreadyDone,
-                },
+                status: StepStatus::Ran,
                 stderr: String::new(),
                 warning: Some(error),
             }),
-            _ => Err(error),
+            None => Err(error),
         }
     }
 
@@ -188,6 +201,11 @@ impl Runtime {
                 stderr: wasm.data().stderr.contents(),
                 warning,
             });
+        }
+        if guest.timed_out() && result.as_ref().map_or(true, Result::is_err) {
+            // A store call ended at the deadline; what the step did after is
+            // the deadline's doing.
+            return Err(StepError::Timeout(limits.timeout));
         }
         if guest.fenced() {
             // Another worker took the node over: this invocation is over.
