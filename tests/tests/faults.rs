@@ -21,6 +21,12 @@
 //! - `sqlite_write_lock_held_elsewhere`: a put under a 2 s deadline against
 //!   a file whose write lock another process holds fails at the deadline
 //!   (CLI and in-process) and is never applied afterwards.
+//! - `an_output_of_another_flow_stops_the_worker_that_would_use_it`: two
+//!   workers share a run with flows that differ in one node's params; the
+//!   one that finds that node stored by the other stops with `Changed`.
+//! - `two_live_workers_of_one_name_are_told_apart`: a second live process
+//!   given a worker's name warns, and the two split the run without
+//!   sharing a claim.
 //!
 //! Settings (environment): `FAULT_PAUSE_ROUNDS` (default 3) and
 //! `FAULT_RESTART_ROUNDS` (default 1) repeat the first two scenarios; a
@@ -1080,5 +1086,127 @@ fn sqlite_write_lock_held_elsewhere() {
     assert!(
         still_locked,
         "the lock holder let go before the in-process run ended"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// f. Honest resume at every node
+
+/// Two workers share a run, each with its own edition of the flow: the
+/// same names (so the same node ids), but node `b`'s params differ. Node
+/// `a` is the same in both, so neither refuses the run at start; whichever
+/// worker finds `b` stored by the other must stop with the `Changed` error
+/// instead of finishing the run with another flow's output.
+#[test]
+fn an_output_of_another_flow_stops_the_worker_that_would_use_it() {
+    let _server = server_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let db = postgres_cluster::fresh_database();
+    let store = PostgresContextStore::connect(&db).unwrap();
+    let edition = |tag: &str| {
+        vec![
+            node("a", json!({"sleep_ms": 1_500, "nonce": false}), &[]),
+            node(
+                "b",
+                json!({"sleep_ms": 100, "nonce": false, "tag": tag}),
+                &["a"],
+            ),
+        ]
+    };
+    let one_dir = dir.path().join("one");
+    let two_dir = dir.path().join("two");
+    std::fs::create_dir_all(&one_dir).unwrap();
+    std::fs::create_dir_all(&two_dir).unwrap();
+    let one = write_slow_flow(&one_dir, "mixed", &edition("one"));
+    let two = write_slow_flow(&two_dir, "mixed", &edition("two"));
+    let run = FlowRunId::new();
+    let mut first = Worker::start(&one, &db, run, "one", 1, &cache);
+    first.wait_for("claim of a", Duration::from_secs(60), |e| {
+        e["event"] == "claimed" && e["node"] == "a"
+    });
+    let mut second = Worker::start(&two, &db, run, "two", 1, &cache);
+    let limit = Duration::from_secs(30);
+    let (first_status, first_err) = first.finish(limit);
+    let (second_status, second_err) = second.finish(limit);
+    let codes = (first_status.code(), second_status.code());
+    let (winner, loser_err) = match codes {
+        (Some(0), Some(2)) => ("one", &second_err),
+        (Some(2), Some(0)) => ("two", &first_err),
+        _ => panic!(
+            "expected one worker to finish and the other to stop with exit 2, got {codes:?}\n\
+             one: {first_err}\ntwo: {second_err}"
+        ),
+    };
+    assert!(
+        loser_err.contains("the flow changed") && loser_err.contains("`b` (params)"),
+        "the stopped worker names the changed node: {loser_err}"
+    );
+    let b = store
+        .get(run, id_of("mixed", "b"))
+        .unwrap()
+        .expect("b is stored");
+    assert_eq!(
+        b["tag"], winner,
+        "b's stored output is the finishing worker's edition: {b}"
+    );
+    eprintln!(
+        "fault mixed_flows: exit codes (one, two) {codes:?}; `{winner}` finished, the other \
+         stopped at `b` with Changed"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// g. Two live processes given one name
+
+/// A second live process started with a worker's name is detected (it
+/// warns at start) and told apart by its incarnation: both finish, each
+/// node is claimed by one of them only, and every output is stored once.
+#[test]
+fn two_live_workers_of_one_name_are_told_apart() {
+    let _server = server_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let db = postgres_cluster::fresh_database();
+    let store = PostgresContextStore::connect(&db).unwrap();
+    let nodes: Vec<Node> = (0..4)
+        .map(|i| node(&format!("n{i}"), json!({"sleep_ms": 800, "tag": i}), &[]))
+        .collect();
+    let flow = write_slow_flow(dir.path(), "twins", &nodes);
+    let run = FlowRunId::new();
+    let mut first = Worker::start(&flow, &db, run, "w1", 1, &cache);
+    first.wait_for("claim", Duration::from_secs(60), |e| {
+        e["event"] == "claimed"
+    });
+    let mut second = Worker::start(&flow, &db, run, "w1", 1, &cache);
+    let limit = Duration::from_secs(30);
+    let (first_status, _) = first.finish(limit);
+    let (second_status, second_err) = second.finish(limit);
+    assert!(
+        first_status.success() && second_status.success(),
+        "{second_err}"
+    );
+    assert!(
+        second_err.contains("another process of this worker's name holds live claims"),
+        "the second process warns: {second_err}"
+    );
+    let claimed = |w: &Worker| -> BTreeSet<String> {
+        w.events_of("claimed")
+            .map(|e| e["node"].as_str().unwrap_or_default().to_owned())
+            .collect()
+    };
+    let (a, b) = (claimed(&first), claimed(&second));
+    assert!(
+        a.is_disjoint(&b),
+        "no node was claimed by both processes: {a:?} / {b:?}"
+    );
+    assert_eq!(a.len() + b.len(), nodes.len(), "{a:?} / {b:?}");
+    let keys: BTreeSet<NodeId> = store.list_keys(run).unwrap().into_iter().collect();
+    assert_eq!(keys.len(), nodes.len());
+    eprintln!(
+        "fault same_name: two live processes named w1 split {} nodes {} / {} without sharing a claim",
+        nodes.len(),
+        a.len(),
+        b.len()
     );
 }
