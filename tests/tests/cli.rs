@@ -490,3 +490,46 @@ fn a_step_that_stored_its_output_then_trapped_is_done_with_a_warning_line() {
         "{stderr}"
     );
 }
+
+/// `contextstore run` takes a store URL like every other command: over
+/// PostgreSQL the step's output lands in the database and `get` reads it.
+#[test]
+fn run_takes_a_postgres_url() {
+    let db = contextstore_tests::postgres_cluster::fresh_database();
+    let greet = run_step(
+        components::GREET,
+        &db,
+        GREET,
+        &["--params", r#"{"name":"Ada"}"#],
+    );
+    assert!(greet.status.success(), "{}", text(&greet.stderr));
+    assert_eq!(text(&greet.stdout), "{\"greeting\":\"Hello, Ada!\"}\n");
+    let got = cli(&["get", "--db", &db, RUN, GREET]);
+    assert!(got.status.success(), "{}", text(&got.stderr));
+    assert_eq!(text(&got.stdout), "{\"greeting\":\"Hello, Ada!\"}\n");
+}
+
+/// Log lines written to something that is not a terminal carry no colour
+/// codes (a warning in a log file reads as plain text).
+#[test]
+fn log_lines_off_a_terminal_have_no_colour_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("flow.db");
+    // A cache directory that cannot be used is a warning, and the run goes on.
+    let out = run_step(
+        components::GREET,
+        db.to_str().unwrap(),
+        GREET,
+        &["--cache-dir", "/proc/contextstore-no-cache"],
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let stderr = text(&out.stderr);
+    assert!(
+        stderr.contains("compiled-code cache unavailable"),
+        "a warning was logged: {stderr}"
+    );
+    assert!(
+        !stderr.contains('\u{1b}'),
+        "no escape sequences: {stderr:?}"
+    );
+}
