@@ -2,7 +2,7 @@
 //!
 //! Every store call a guest makes lands here, as untrusted text: ids are
 //! parsed, the grant and the limits are checked, JSON is validated, and only
-//! then is the [`ContextStore`] called. Nothing here trusts its input or
+//! then is the store called. Nothing here trusts its input or
 //! panics on it; every refusal is a [`GuestStoreError`] the guest can handle.
 //! The type knows nothing of wasmtime, so that it can be tested and fuzzed
 //! on its own.

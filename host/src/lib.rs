@@ -15,6 +15,10 @@
 //!   writes). Every store call a guest makes goes through
 //!   [`guest_store::GuestStore`].
 //! - [`flow`]: flow files, a parallel, resumable runner, and run status.
+//! - [`store::AsyncContextStore`]: the store as the runtime and the runner
+//!   use it, every call carrying its [`store::CallContext`] (deadline, and
+//!   on a shared run the claim's fence); [`coord`]: claims, leases, fencing
+//!   tokens and worker identity for runs that several workers share.
 //!
 //! # Embedding
 //!

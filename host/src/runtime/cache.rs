@@ -119,7 +119,7 @@ impl CodeCache {
     /// mode 0700) and its key if needed.
     ///
     /// Refuses a directory that is not the current user's alone, and a key
-    /// file that fails the checks in the [module docs](self).
+    /// file that fails the checks in the module docs.
     pub fn open(dir: &Path) -> Result<Self, CacheError> {
         let dir = trust::private_dir(dir)?;
         let key = trust::load_or_create_key(&dir.join(KEY_FILE), new_key)?;

@@ -1,6 +1,6 @@
 //! The sandbox: [`Runtime`] compiles step components once and runs each
-//! invocation in a fresh instance under a [`Grant`](crate::Grant) and
-//! [`Limits`](crate::Limits).
+//! invocation in a fresh instance under a [`Grant`] and
+//! [`Limits`].
 //!
 //! One concept a file: `engines` (the wasmtime engines and linkers),
 //! `loading` (compiling and linking components), `prepared` (a step bound

@@ -13,7 +13,7 @@
 //! The store runs on the async client (`tokio-postgres`) with a pool of
 //! connections, driven by a small tokio runtime of its own; its native
 //! interface is [`AsyncContextStore`] and, for workers sharing runs,
-//! [`Coordinator`](crate::coord::Coordinator). The synchronous
+//! [`Coordinator`]. The synchronous
 //! [`ContextStore`] blocks on the same calls. Every call has a deadline
 //! (its [`CallContext`]'s, else [`PostgresOptions::call_timeout`]): the wait
 //! for a connection and the statement stop there, and a statement running

@@ -188,7 +188,7 @@ async fn claims(c: &mut Conn, run: &FlowRunId) -> Result<Vec<ClaimRecord>, Fault
         .collect()
 }
 
-/// Claims in `contextstore_claims`; see the [module docs](self). Every
+/// Claims in `contextstore_claims` (see this module's docs). Every
 /// call is retried across transient faults: each is idempotent (a claim
 /// retried by the incarnation that won it is won again with the same
 /// token; renewing, finishing and releasing twice change nothing more).
