@@ -638,9 +638,7 @@ impl World {
         if result.is_ok() {
             let value = value.expect("an accepted value parses");
             // Read back through the guest, as text.
-            let back = guest
-                .store
-                .get(RUN, caller)
+            let back = wait(guest.store.get(RUN, caller))
                 .unwrap_or_else(|e| panic!("{call}: reading back: {e}"))
                 .unwrap_or_else(|| panic!("{call}: Ok, but nothing to read back"));
             let back = parse(&back)
@@ -746,9 +744,7 @@ impl World {
         if result.is_ok() {
             let value = value.expect("an accepted value parses");
             if guest.may_read(&key) {
-                let back = guest
-                    .store
-                    .get_global(&key)
+                let back = wait(guest.store.get_global(&key))
                     .unwrap_or_else(|e| panic!("{call}: reading back: {e}"))
                     .unwrap_or_else(|| panic!("{call}: Ok, but nothing to read back"));
                 assert_eq!(back, text, "{call}: the text did not come back byte for byte");
