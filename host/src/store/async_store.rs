@@ -94,7 +94,10 @@ pub trait AsyncContextStore: Send + Sync {
 /// The async view of `store`: its own ([`ContextStore::as_async`]), or an
 /// adapter that runs its synchronous calls on blocking threads.
 pub fn to_async(store: Arc<dyn ContextStore>) -> Arc<dyn AsyncContextStore> {
-    Arc::new(Adapter(store))
+    match store.clone().into_async() {
+        Some(native) => native,
+        None => Arc::new(Adapter(store)),
+    }
 }
 
 /// A synchronous store seen through the async interface.

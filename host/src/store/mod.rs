@@ -145,6 +145,16 @@ pub trait ContextStore: Send + Sync {
     fn as_async(&self) -> Option<&dyn AsyncContextStore> {
         None
     }
+
+    /// The same store as an `Arc` of its own async interface, where it has
+    /// one: what [`to_async`] hands out, so that an async call reaches the
+    /// backend without going through an adapter. `None` by default; a
+    /// backend that overrides [`as_async`](Self::as_async) overrides this
+    /// too (`Some(self)`).
+    #[cfg(feature = "async")]
+    fn into_async(self: Arc<Self>) -> Option<Arc<dyn AsyncContextStore>> {
+        None
+    }
 }
 
 /// Whether `url` names a PostgreSQL database (`postgres://…` or `postgresql://…`).

@@ -515,6 +515,10 @@ impl ContextStore for PostgresContextStore {
     fn as_async(&self) -> Option<&dyn AsyncContextStore> {
         Some(self)
     }
+
+    fn into_async(self: std::sync::Arc<Self>) -> Option<std::sync::Arc<dyn AsyncContextStore>> {
+        Some(self)
+    }
 }
 
 #[cfg(test)]

@@ -247,6 +247,13 @@ impl ContextStore for RecordingStore {
     fn as_async(&self) -> Option<&dyn super::AsyncContextStore> {
         Some(self)
     }
+
+    #[cfg(feature = "async")]
+    fn into_async(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn super::AsyncContextStore>> {
+        Some(self)
+    }
 }
 
 /// The same records, for calls made through the async interface: each

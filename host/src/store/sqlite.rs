@@ -484,4 +484,11 @@ impl ContextStore for SqliteContextStore {
     fn as_async(&self) -> Option<&dyn crate::store::AsyncContextStore> {
         Some(self)
     }
+
+    #[cfg(feature = "async")]
+    fn into_async(
+        self: std::sync::Arc<Self>,
+    ) -> Option<std::sync::Arc<dyn crate::store::AsyncContextStore>> {
+        Some(self)
+    }
 }
