@@ -27,6 +27,8 @@
 //! - `two_live_workers_of_one_name_are_told_apart`: a second live process
 //!   given a worker's name warns, and the two split the run without
 //!   sharing a claim.
+//! - `a_step_working_on_after_its_output_is_not_stopped`: a step whose put
+//!   finished its claim, still working past a renewal, is not stopped.
 //!
 //! Settings (environment): `FAULT_PAUSE_ROUNDS` (default 3) and
 //! `FAULT_RESTART_ROUNDS` (default 1) repeat the first two scenarios; a
@@ -1208,5 +1210,53 @@ fn two_live_workers_of_one_name_are_told_apart() {
         nodes.len(),
         a.len(),
         b.len()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// h. Work after the output, past a renewal
+
+/// A step's fenced put finishes its claim with its output, so the next
+/// renewal no longer finds the claim: that must not stop the step, which
+/// goes on (past a lease here) and finishes without a warning, its later
+/// write accepted.
+#[test]
+fn a_step_working_on_after_its_output_is_not_stopped() {
+    let _server = server_shared();
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let db = postgres_cluster::fresh_database();
+    let store = PostgresContextStore::connect(&db).unwrap();
+    let after_ms = LEASE_SECS * 1_000 + 1_000;
+    let nodes = [node(
+        "late",
+        json!({"after_ms": after_ms, "global": "fault/late"}),
+        &[],
+    )];
+    let flow = write_slow_flow(dir.path(), "after", &nodes);
+    let run = FlowRunId::new();
+    let mut worker = Worker::start(&flow, &db, run, "w1", 1, &cache);
+    let (status, stderr) = worker.finish(Duration::from_secs(30));
+    assert!(status.success(), "{stderr}");
+    let done: Vec<&Value> = worker.events_of("done").collect();
+    assert_eq!(done.len(), 1, "{stderr}");
+    assert!(
+        done[0]["warning"].is_null(),
+        "no warning for a step that kept working after its output: {}",
+        done[0]
+    );
+    assert_eq!(worker.events_of("stopped").count(), 0, "{stderr}");
+    let output = store
+        .get(run, id_of("after", "late"))
+        .unwrap()
+        .expect("output");
+    let after = store
+        .get_global("fault/late/after")
+        .unwrap()
+        .expect("the write after the output landed");
+    assert_eq!(after["nonce"], output["nonce"]);
+    eprintln!(
+        "fault after_output: a step working {after_ms} ms past its output (lease {LEASE_SECS} s) \
+         finished without a warning, its later write stored"
     );
 }

@@ -54,6 +54,9 @@ struct Held {
     /// Until when the lease holds for sure, on this worker's clock: the
     /// start of the call that won or last renewed it, plus the lease.
     valid_until: Instant,
+    /// When the claim was known won (its call had returned): a renewal
+    /// that starts later must find it.
+    held_at: Instant,
 }
 
 /// The claims this worker holds, and their renewal.
@@ -102,6 +105,7 @@ impl<'a> Leases<'a> {
                 fence,
                 stop: stop.clone(),
                 valid_until: since + self.lease,
+                held_at: Instant::now(),
             },
         );
         stop
@@ -196,15 +200,13 @@ impl<'a> Leases<'a> {
                 for (node, claim) in held.iter_mut() {
                     if renewal.held.contains(node) {
                         claim.valid_until = started + self.lease;
-                    } else if claim.valid_until > started {
-                        // Claims won after the renewal started are not in it.
-                        let won_before = claim.valid_until <= started + self.lease;
-                        if won_before && !renewal.held.contains(node) {
-                            tracing::warn!(node = %node, token = claim.fence.token, "claim taken over by another worker; stopping its step");
-                            claim
-                                .stop
-                                .stop("the node's claim was taken over by another worker");
-                        }
+                    } else if claim.held_at < started && claim.stop.reason().is_none() {
+                        // Won before the renewal started, yet not found by
+                        // it: taken over (or expired on the database's clock).
+                        tracing::warn!(node = %node, token = claim.fence.token, "claim no longer held; stopping its step");
+                        claim
+                            .stop
+                            .stop("the node's claim was taken over by another worker");
                     }
                 }
             }

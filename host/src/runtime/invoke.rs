@@ -80,10 +80,18 @@ impl Runtime {
             in_flight: &in_flight,
         };
         let stop = async {
-            match &control.stop {
-                Some(signal) => signal.stopped().await,
-                None => std::future::pending().await,
+            let Some(signal) = &control.stop else {
+                return std::future::pending().await;
+            };
+            let reason = signal.stopped().await;
+            if in_flight.output().is_some() {
+                // The step's fenced put stored its output and finished its
+                // claim with it: a claim no renewal finds any more is this
+                // one, not lost, and nobody can take a finished node over.
+                tracing::debug!(%reason, "stop ignored: the step's output is stored");
+                return std::future::pending().await;
             }
+            reason
         };
         let cut = tokio::select! {
             ended = tokio::time::timeout_at(deadline.into(), self.invoke(&call).instrument(span)) => match ended {

@@ -6,7 +6,9 @@
 //! 2. sleeps `sleep_ms` milliseconds (`std::thread::sleep`, a WASI clock
 //!    wait the host can interrupt);
 //! 3. with `global`, upserts that global key to `{"nonce": N, "node": ID}`;
-//! 4. puts its output `{"tag": T, "nonce": N, "inputs": {"<name>": <output>, ...}}`.
+//! 4. puts its output `{"tag": T, "nonce": N, "inputs": {"<name>": <output>, ...}}`;
+//! 5. sleeps `after_ms` milliseconds more, then, with `global`, upserts the
+//!    global `<global>/after` (work a step does after storing its output).
 //!
 //! `N` is a random nonce (WASI randomness and the clock) drawn once per
 //! invocation, the same in the global and the output, so that a test can
@@ -15,7 +17,7 @@
 //! the global, if any, still carries one.
 //!
 //! ```json
-//! {"sleep_ms": 3000, "global": "fault/key", "read_first": false, "nonce": true, "tag": "any JSON"}
+//! {"sleep_ms": 3000, "global": "fault/key", "read_first": false, "nonce": true, "tag": "any JSON", "after_ms": 0}
 //! ```
 
 use std::hash::{BuildHasher, Hasher};
@@ -39,6 +41,8 @@ struct Params {
     nonce: bool,
     /// Copied into the output.
     tag: Value,
+    /// How long to sleep after the output is stored, in milliseconds.
+    after_ms: u64,
 }
 
 impl Default for Params {
@@ -49,6 +53,7 @@ impl Default for Params {
             read_first: false,
             nonce: true,
             tag: Value::Null,
+            after_ms: 0,
         }
     }
 }
@@ -92,6 +97,12 @@ impl Step for Slow {
             output["nonce"] = json!(nonce);
         }
         ctx.output(&output)?;
+        if params.after_ms > 0 {
+            std::thread::sleep(Duration::from_millis(params.after_ms));
+            if let Some(key) = &params.global {
+                store::upsert_global(&format!("{key}/after"), &json!({ "nonce": nonce }))?;
+            }
+        }
         Ok(())
     }
 }
