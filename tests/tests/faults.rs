@@ -69,6 +69,34 @@ fn server_exclusive() -> RwLockWriteGuard<'static, ()> {
     SERVER.write().unwrap_or_else(|e| e.into_inner())
 }
 
+/// What a test of a shared run starts from: the server shared with the
+/// other tests, a directory (with the compiled-code cache in it), a fresh
+/// database and a store connected to it.
+struct Scene {
+    _server: RwLockReadGuard<'static, ()>,
+    dir: tempfile::TempDir,
+    cache: PathBuf,
+    db: String,
+    store: PostgresContextStore,
+}
+
+impl Scene {
+    fn new() -> Self {
+        let server = server_shared();
+        let dir = tempfile::tempdir().unwrap();
+        let cache = dir.path().join("cache");
+        let db = postgres_cluster::fresh_database();
+        let store = PostgresContextStore::connect(&db).unwrap();
+        Scene {
+            _server: server,
+            dir,
+            cache,
+            db,
+            store,
+        }
+    }
+}
+
 /// Short leases, so that takeovers happen within seconds.
 const LEASE_SECS: u64 = 2;
 
@@ -429,12 +457,14 @@ fn slow_step_writes_one_nonce_to_its_global_and_output() {
 
 #[test]
 fn paused_worker_past_its_lease_lands_nothing() {
-    let _server = server_shared();
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
     let rounds = env_or("FAULT_PAUSE_ROUNDS", 3);
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let db = postgres_cluster::fresh_database();
-    let store = PostgresContextStore::connect(&db).unwrap();
     const SLEEP_MS: u64 = 3_000;
     // Where in A's 3 s step it is paused: early, in the middle, late.
     let pause_points = [300u64, 1_200, 2_000];
@@ -535,12 +565,14 @@ fn paused_worker_past_its_lease_lands_nothing() {
 
 #[test]
 fn worker_restarted_under_its_own_name_finishes() {
-    let _server = server_shared();
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
     let rounds = env_or("FAULT_RESTART_ROUNDS", 1);
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let db = postgres_cluster::fresh_database();
-    let store = PostgresContextStore::connect(&db).unwrap();
     const SOURCE_MS: u64 = 1_500;
     const JOIN_MS: u64 = 500;
     let nodes = [
@@ -1101,11 +1133,13 @@ fn sqlite_write_lock_held_elsewhere() {
 /// instead of finishing the run with another flow's output.
 #[test]
 fn an_output_of_another_flow_stops_the_worker_that_would_use_it() {
-    let _server = server_shared();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let db = postgres_cluster::fresh_database();
-    let store = PostgresContextStore::connect(&db).unwrap();
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
     let edition = |tag: &str| {
         vec![
             node("a", json!({"sleep_ms": 1_500, "nonce": false}), &[]),
@@ -1166,11 +1200,13 @@ fn an_output_of_another_flow_stops_the_worker_that_would_use_it() {
 /// node is claimed by one of them only, and every output is stored once.
 #[test]
 fn two_live_workers_of_one_name_are_told_apart() {
-    let _server = server_shared();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let db = postgres_cluster::fresh_database();
-    let store = PostgresContextStore::connect(&db).unwrap();
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
     let nodes: Vec<Node> = (0..4)
         .map(|i| node(&format!("n{i}"), json!({"sleep_ms": 800, "tag": i}), &[]))
         .collect();
@@ -1222,11 +1258,13 @@ fn two_live_workers_of_one_name_are_told_apart() {
 /// write accepted.
 #[test]
 fn a_step_working_on_after_its_output_is_not_stopped() {
-    let _server = server_shared();
-    let dir = tempfile::tempdir().unwrap();
-    let cache = dir.path().join("cache");
-    let db = postgres_cluster::fresh_database();
-    let store = PostgresContextStore::connect(&db).unwrap();
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
     let after_ms = LEASE_SECS * 1_000 + 1_000;
     let nodes = [node(
         "late",
