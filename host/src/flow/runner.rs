@@ -527,11 +527,9 @@ impl Worker<'_> {
                 status: StepStatus::Ran,
                 ..
             } => {
-                // The fenced put finished the claim in its own transaction;
-                // finishing again is harmless where a backend did not.
-                if let Err(error) = self.block_on(coordinator.finish(&cx, &fence)) {
-                    tracing::debug!(node = %self.flow.nodes[i].name, %error, "could not mark the claim finished");
-                }
+                // The step's put stored the output under the fence, and a
+                // fenced put finishes its claim in the same transaction
+                // (`AsyncContextStore::put`): nothing more to commit.
                 Attempt::Result(result)
             }
             // Another invocation stored it: check whose flow wrote it.
