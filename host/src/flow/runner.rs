@@ -431,7 +431,12 @@ impl Worker<'_> {
             if b.running == 0 {
                 return None;
             }
-            b = wake.wait(b).unwrap_or_else(PoisonError::into_inner);
+            // A running node wakes us when it ends; look again at least
+            // every second all the same (every wait has a deadline).
+            b = wake
+                .wait_timeout(b, Duration::from_secs(1))
+                .unwrap_or_else(PoisonError::into_inner)
+                .0;
         }
     }
 
