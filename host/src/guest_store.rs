@@ -92,11 +92,10 @@ pub struct GuestStore {
     fenced: bool,
     /// Whether a call ended at the invocation's deadline.
     timed_out: bool,
-    /// The invocation's own output, once its `put` succeeded.
-    own_output: Option<JsonText>,
     /// Stored with the invocation's own output, `ended_at` set at the put.
     provenance: Option<Provenance>,
-    /// Writes running as tasks of their own.
+    /// Writes running as tasks of their own, and the invocation's own
+    /// output once its `put` succeeded.
     in_flight: InFlight,
 }
 
@@ -172,16 +171,9 @@ impl GuestStore {
             lost_race: false,
             fenced: false,
             timed_out: false,
-            own_output: None,
             provenance: None,
             in_flight: InFlight::default(),
         }
-    }
-
-    /// The writes running on tasks of their own, to wait for after the
-    /// invocation was stopped.
-    pub fn in_flight(&self) -> InFlight {
-        self.in_flight.clone()
     }
 
     /// Tracks this store's writes in `in_flight` (shared with the host, which
@@ -192,28 +184,15 @@ impl GuestStore {
     }
 
     /// Runs a write: inline where the caller may block, else as a task of
-    /// its own (tracked in [`in_flight`](Self::in_flight)) whose result is
-    /// awaited.
-    /// `output`, when the write is the invocation's own `put`, is noted in
-    /// [`InFlight`] as soon as the write succeeds.
-    async fn write<F, Fut>(
-        &mut self,
-        output: Option<JsonText>,
-        f: F,
-    ) -> Result<(), ContextStoreError>
+    /// its own (tracked in [`InFlight`]) whose result is awaited. `f` makes
+    /// the write from the store, the call context and the [`InFlight`]
+    /// (where the own `put` notes its output as soon as it is stored).
+    async fn write<F, Fut>(&mut self, f: F) -> Result<(), ContextStoreError>
     where
-        F: FnOnce(Arc<dyn AsyncContextStore>, CallContext) -> Fut,
+        F: FnOnce(Arc<dyn AsyncContextStore>, CallContext, InFlight) -> Fut,
         Fut: Future<Output = Result<(), ContextStoreError>> + Send + 'static,
     {
-        let write = f(self.store.clone(), self.cx);
-        let in_flight = self.in_flight.clone();
-        let write = async move {
-            let result = write.await;
-            if let (Ok(()), Some(output)) = (&result, output) {
-                in_flight.stored(output);
-            }
-            result
-        };
+        let write = f(self.store.clone(), self.cx, self.in_flight.clone());
         let result = if self.cx.may_block || tokio::runtime::Handle::try_current().is_err() {
             write.await
         } else {
@@ -266,19 +245,17 @@ impl GuestStore {
             ended_at: provenance::unix_millis_now(),
             ..provenance.clone()
         });
-        let written = value.clone();
         let stored = self
-            .write(Some(value.clone()), move |store, cx| async move {
-                store
-                    .put(&cx, run, node, &written, provenance.as_ref())
-                    .await
+            .write(move |store, cx, in_flight| async move {
+                let stored = store.put(&cx, run, node, &value, provenance.as_ref()).await;
+                if stored.is_ok() {
+                    in_flight.stored(value);
+                }
+                stored
             })
             .await;
         match stored {
-            Ok(()) => {
-                self.own_output = Some(value);
-                Ok(())
-            }
+            Ok(()) => Ok(()),
             Err(e) => {
                 if matches!(e, ContextStoreError::AlreadyExists { .. }) {
                     self.lost_race = true;
@@ -290,8 +267,8 @@ impl GuestStore {
 
     /// The invocation's own output, if this guest's `put` stored it: what
     /// the host reports without reading it back.
-    pub fn own_output(&self) -> Option<&JsonText> {
-        self.own_output.as_ref()
+    pub fn own_output(&self) -> Option<JsonText> {
+        self.in_flight.output()
     }
 
     /// Whether a write was refused because the claim the invocation runs
@@ -350,9 +327,7 @@ impl GuestStore {
         let value = self.check_value(value)?;
         let key = key.to_owned();
         Ok(self
-            .write(None, move |store, cx| async move {
-                store.put_global(&cx, &key, &value).await
-            })
+            .write(move |store, cx, _| async move { store.put_global(&cx, &key, &value).await })
             .await?)
     }
 
@@ -367,9 +342,7 @@ impl GuestStore {
         let value = self.check_value(value)?;
         let key = key.to_owned();
         Ok(self
-            .write(None, move |store, cx| async move {
-                store.upsert_global(&cx, &key, &value).await
-            })
+            .write(move |store, cx, _| async move { store.upsert_global(&cx, &key, &value).await })
             .await?)
     }
 

@@ -5,9 +5,10 @@
 //! any case; stopping it saves the work and frees the node sooner).
 
 use std::collections::HashMap;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
+use super::runner::lock;
 use crate::coord::{CallContext, Coordinator, Fence, WorkerId};
 use crate::id::{FlowRunId, NodeId};
 use crate::runtime::{Runtime, StopSignal};
@@ -234,8 +235,4 @@ impl<'a> Leases<'a> {
         *lock(&self.stopped) = true;
         self.wake.notify_all();
     }
-}
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }

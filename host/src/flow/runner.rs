@@ -501,7 +501,7 @@ impl Worker<'_> {
                 let stop = leases.hold(fence, since);
                 let result = self.run_node(i, Some((fence, stop)));
                 leases.drop_claim(node.node_id);
-                self.settle_claim(i, fence, result)
+                self.settle_claim(leases, i, fence, result)
             }
             // Finished elsewhere after the look above: the output is stored.
             Ok(Claim::Finished { .. }) => self.found_done(i),
@@ -521,10 +521,13 @@ impl Worker<'_> {
     /// `result`: a stored output finished the claim with it; otherwise the
     /// claim is given up, which waits out every write still under it, and
     /// the output is looked for once more before the node counts as failed.
-    fn settle_claim(&self, i: usize, fence: Fence, result: NodeResult) -> Attempt {
-        let Some(leases) = self.leases else {
-            return Attempt::Result(result);
-        };
+    fn settle_claim(
+        &self,
+        leases: &Leases<'_>,
+        i: usize,
+        fence: Fence,
+        result: NodeResult,
+    ) -> Attempt {
         let coordinator = leases.coordinator();
         let cx = self.bookkeeping();
         match result {
@@ -551,13 +554,20 @@ impl Worker<'_> {
                     self.flow_run_id,
                     self.flow.nodes[i].node_id,
                 ));
-                match (stored, &error) {
-                    (Ok(Some(_)), _) => self.found_done(i),
+                if let Ok(Some(_)) = stored {
+                    return self.found_done(i);
+                }
+                match error {
                     // Lost the claim: someone else runs the node now, or
                     // this worker takes it again once free.
-                    (_, StepError::Stopped(_)) => Attempt::Later(Duration::from_millis(20)),
-                    (_, StepError::Store(e)) if e.is_transient() => self.store_trouble_after(i),
-                    _ => Attempt::Result(NodeResult::Failed(error)),
+                    StepError::Stopped(_) => Attempt::Later(Duration::from_millis(20)),
+                    // The step failed on a passing store fault (its failure
+                    // is already reported): try again, as for the runner's
+                    // own calls, and fail with that fault once too many came.
+                    StepError::Store(e) if e.is_transient() => self
+                        .store_retry(i)
+                        .unwrap_or(Attempt::Result(NodeResult::Failed(StepError::Store(e)))),
+                    error => Attempt::Result(NodeResult::Failed(error)),
                 }
             }
             blocked @ NodeResult::Blocked { .. } => Attempt::Result(blocked),
@@ -621,18 +631,6 @@ impl Worker<'_> {
             }
         }
         Attempt::Result(self.store_failure(i, error))
-    }
-
-    /// As [`store_trouble`](Self::store_trouble), for a step that failed
-    /// on a passing store fault.
-    fn store_trouble_after(&self, i: usize) -> Attempt {
-        self.store_retry(i).unwrap_or_else(|| {
-            Attempt::Result(NodeResult::Failed(StepError::Store(
-                ContextStoreError::StorageError(
-                    "the store kept failing; giving up on the node".into(),
-                ),
-            )))
-        })
     }
 
     /// Counts a passing failure of node `i`'s store calls: when to look
@@ -836,7 +834,7 @@ impl Worker<'_> {
 
 /// Locks a mutex, recovering from poisoning: the board is only changed in
 /// short sections that do not panic, and callbacks run outside it.
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 

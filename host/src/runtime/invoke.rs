@@ -44,14 +44,6 @@ fn at_deadline(error: StepError, deadline: Instant, limits: &Limits) -> StepErro
     }
 }
 
-/// How an invocation ended early.
-enum Cut {
-    /// Its deadline passed.
-    Timeout,
-    /// Its stop signal was given, with this reason.
-    Stopped(String),
-}
-
 impl Runtime {
     /// Runs one invocation of `step`; `may_block` when the calling thread
     /// is given over to it (the blocking entry point).
@@ -93,19 +85,15 @@ impl Runtime {
             }
             reason
         };
-        let cut = tokio::select! {
+        let error = tokio::select! {
             ended = tokio::time::timeout_at(deadline.into(), self.invoke(&call).instrument(span)) => match ended {
                 Ok(result) => return result.map_err(|error| at_deadline(error, deadline, limits)),
-                Err(_elapsed) => Cut::Timeout,
+                Err(_elapsed) => {
+                    tracing::info!(elapsed = ?started.elapsed(), "step timed out");
+                    StepError::Timeout(limits.timeout)
+                }
             },
-            reason = stop => Cut::Stopped(reason),
-        };
-        let error = match cut {
-            Cut::Timeout => {
-                tracing::info!(elapsed = ?started.elapsed(), "step timed out");
-                StepError::Timeout(limits.timeout)
-            }
-            Cut::Stopped(reason) => {
+            reason = stop => {
                 tracing::info!(elapsed = ?started.elapsed(), %reason, "step stopped");
                 StepError::Stopped(reason)
             }
@@ -194,7 +182,6 @@ impl Runtime {
         tracing::info!(writes = guest.writes(), "step returned");
         if let Some(output) = guest.own_output() {
             // The output is stored: the node is done, whatever came after.
-            let output = output.clone();
             let warning = match result {
                 Ok(Ok(())) => None,
                 Ok(Err(failure)) => Some(StepError::Failed(failure.into())),

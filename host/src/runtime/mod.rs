@@ -204,12 +204,11 @@ impl Runtime {
         grant: &Grant,
         limits: &Limits,
     ) -> PreparedStep<'_> {
-        PreparedStep::new(
-            self,
-            component.clone(),
+        self.prepare_async(
+            component,
             crate::store::to_async(store.clone()),
-            grant.clone(),
-            limits.clone(),
+            grant,
+            limits,
         )
     }
 

@@ -10,7 +10,7 @@
 //! The seed's synchronous [`ContextStore`] stays for embedders; the
 //! backends of this crate implement both. [`to_async`] gives the async view
 //! of any `Arc<dyn ContextStore>`: the backend's own when it has one
-//! ([`ContextStore::as_async`]), else an adapter that runs each call on a
+//! ([`ContextStore::into_async`]), else an adapter that runs each call on a
 //! blocking thread (such a store cannot be stopped inside a call: the
 //! adapter stops waiting at the deadline, but the call may still finish).
 
@@ -100,7 +100,9 @@ pub fn to_async(store: Arc<dyn ContextStore>) -> Arc<dyn AsyncContextStore> {
     }
 }
 
-/// A synchronous store seen through the async interface.
+/// A synchronous store seen through the async interface: a store without
+/// one of its own ([`ContextStore::into_async`] is `None`), every call run
+/// on a blocking thread.
 struct Adapter(Arc<dyn ContextStore>);
 
 /// Runs `f` on a blocking thread, waiting at most until the call's
@@ -134,15 +136,6 @@ async fn blocking<T: Send + 'static>(
     joined.map_err(|e| ContextStoreError::StorageError(format!("the store call failed: {e}")))?
 }
 
-macro_rules! delegate {
-    ($self:ident, $cx:ident, $native:ident => $call:expr, $store:ident => $fallback:expr) => {
-        match $self.0.as_async() {
-            Some($native) => $call.await,
-            None => blocking($cx, &$self.0, move |$store| $fallback).await,
-        }
-    };
-}
-
 #[async_trait::async_trait]
 impl AsyncContextStore for Adapter {
     async fn put(
@@ -153,12 +146,12 @@ impl AsyncContextStore for Adapter {
         value: &JsonText,
         provenance: Option<&Provenance>,
     ) -> Result<(), ContextStoreError> {
-        let (owned, prov) = (value.clone(), provenance.cloned());
-        delegate!(self, cx, s => s.put(cx, flow_run_id, node_id, value, provenance),
-        store => match &prov {
-            Some(p) => store.put_text_with_provenance(flow_run_id, node_id, &owned, p),
-            None => store.put_text(flow_run_id, node_id, &owned),
+        let (value, provenance) = (value.clone(), provenance.cloned());
+        blocking(cx, &self.0, move |store| match &provenance {
+            Some(p) => store.put_text_with_provenance(flow_run_id, node_id, &value, p),
+            None => store.put_text(flow_run_id, node_id, &value),
         })
+        .await
     }
 
     async fn get(
@@ -167,8 +160,10 @@ impl AsyncContextStore for Adapter {
         flow_run_id: FlowRunId,
         node_id: NodeId,
     ) -> Result<Option<JsonText>, ContextStoreError> {
-        delegate!(self, cx, s => s.get(cx, flow_run_id, node_id),
-            store => store.get_text(flow_run_id, node_id))
+        blocking(cx, &self.0, move |store| {
+            store.get_text(flow_run_id, node_id)
+        })
+        .await
     }
 
     async fn list_keys(
@@ -176,8 +171,7 @@ impl AsyncContextStore for Adapter {
         cx: &CallContext,
         flow_run_id: FlowRunId,
     ) -> Result<Vec<NodeId>, ContextStoreError> {
-        delegate!(self, cx, s => s.list_keys(cx, flow_run_id),
-            store => store.list_keys(flow_run_id))
+        blocking(cx, &self.0, move |store| store.list_keys(flow_run_id)).await
     }
 
     async fn put_global(
@@ -186,9 +180,11 @@ impl AsyncContextStore for Adapter {
         key: &str,
         value: &JsonText,
     ) -> Result<(), ContextStoreError> {
-        let (k, v) = (key.to_owned(), value.clone());
-        delegate!(self, cx, s => s.put_global(cx, key, value),
-            store => store.put_global_text(&k, &v))
+        let (key, value) = (key.to_owned(), value.clone());
+        blocking(cx, &self.0, move |store| {
+            store.put_global_text(&key, &value)
+        })
+        .await
     }
 
     async fn upsert_global(
@@ -197,9 +193,11 @@ impl AsyncContextStore for Adapter {
         key: &str,
         value: &JsonText,
     ) -> Result<(), ContextStoreError> {
-        let (k, v) = (key.to_owned(), value.clone());
-        delegate!(self, cx, s => s.upsert_global(cx, key, value),
-            store => store.upsert_global_text(&k, &v))
+        let (key, value) = (key.to_owned(), value.clone());
+        blocking(cx, &self.0, move |store| {
+            store.upsert_global_text(&key, &value)
+        })
+        .await
     }
 
     async fn get_global(
@@ -207,9 +205,8 @@ impl AsyncContextStore for Adapter {
         cx: &CallContext,
         key: &str,
     ) -> Result<Option<JsonText>, ContextStoreError> {
-        let k = key.to_owned();
-        delegate!(self, cx, s => s.get_global(cx, key),
-            store => store.get_global_text(&k))
+        let key = key.to_owned();
+        blocking(cx, &self.0, move |store| store.get_global_text(&key)).await
     }
 
     async fn provenance(
@@ -218,11 +215,9 @@ impl AsyncContextStore for Adapter {
         flow_run_id: FlowRunId,
         node_id: NodeId,
     ) -> Result<Option<Provenance>, ContextStoreError> {
-        delegate!(self, cx, s => s.provenance(cx, flow_run_id, node_id),
-            store => store.provenance(flow_run_id, node_id))
-    }
-
-    fn coordinator(&self) -> Option<&dyn Coordinator> {
-        self.0.as_async().and_then(AsyncContextStore::coordinator)
+        blocking(cx, &self.0, move |store| {
+            store.provenance(flow_run_id, node_id)
+        })
+        .await
     }
 }

@@ -138,9 +138,9 @@ pub trait ContextStore: Send + Sync {
         decode(self.get_global_text(key)?)
     }
 
-    /// The backend's own async interface, where it has one (this crate's
-    /// backends do): what [`to_async`] uses instead of running each call on
-    /// a blocking thread. `None` by default.
+    /// The backend's own async interface, borrowed, where it has one (this
+    /// crate's backends do): for callers that hold a `&dyn ContextStore`
+    /// (`flow status` finds the coordinator through it). `None` by default.
     #[cfg(feature = "async")]
     fn as_async(&self) -> Option<&dyn AsyncContextStore> {
         None
