@@ -7,6 +7,7 @@
 //! The type knows nothing of wasmtime, so that it can be tested and fuzzed
 //! on its own.
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -18,6 +19,7 @@ use crate::grant::Grant;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::{JsonError, JsonText};
 use crate::limits::Limits;
+use crate::slots::JobSlots;
 use crate::store::{AsyncContextStore, CallContext, Provenance, provenance};
 
 /// Why a guest's store call was refused: the WIT `error` variant, host side.
@@ -97,6 +99,36 @@ pub struct GuestStore {
     /// Writes running as tasks of their own, and the invocation's own
     /// output once its `put` succeeded.
     in_flight: InFlight,
+    /// Outputs of this run read before the invocation started (its
+    /// upstreams): stored outputs never change, so a `get` of one is
+    /// answered from here, without a store call.
+    known: HashMap<NodeId, JsonText>,
+    /// The runner's job slots: given back while a write waits for its
+    /// commit, taken again after.
+    slots: Option<JobSlots>,
+}
+
+/// A job slot given back for the time of one write: taken again, by the
+/// call's deadline, when dropped.
+struct Waiting {
+    slots: JobSlots,
+    until: Option<Instant>,
+}
+
+impl Waiting {
+    fn new(slots: &JobSlots, cx: CallContext) -> Self {
+        slots.release();
+        Self {
+            slots: slots.clone(),
+            until: cx.deadline,
+        }
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.slots.acquire(self.until);
+    }
 }
 
 /// The writes of one invocation that run as tasks of their own (when the
@@ -173,7 +205,25 @@ impl GuestStore {
             timed_out: false,
             provenance: None,
             in_flight: InFlight::default(),
+            known: HashMap::new(),
+            slots: None,
         }
+    }
+
+    /// Answers `get`s of these outputs of the invocation's run without a
+    /// store call: outputs already stored (an output never changes once
+    /// stored, so the answer is the store's).
+    pub fn with_known_outputs(mut self, known: HashMap<NodeId, JsonText>) -> Self {
+        self.known = known;
+        self
+    }
+
+    /// Gives one of `slots` back while each write waits for its commit,
+    /// and takes one again (by the call's deadline) before the guest goes
+    /// on (see [`JobSlots`]).
+    pub fn sharing_slots(mut self, slots: Option<JobSlots>) -> Self {
+        self.slots = slots;
+        self
     }
 
     /// Tracks this store's writes in `in_flight` (shared with the host, which
@@ -193,6 +243,10 @@ impl GuestStore {
         Fut: Future<Output = Result<(), ContextStoreError>> + Send + 'static,
     {
         let write = f(self.store.clone(), self.cx, self.in_flight.clone());
+        let waiting = self
+            .slots
+            .as_ref()
+            .map(|slots| Waiting::new(slots, self.cx));
         let result = if self.cx.may_block || tokio::runtime::Handle::try_current().is_err() {
             write.await
         } else {
@@ -206,6 +260,7 @@ impl GuestStore {
                 ))
             })
         };
+        drop(waiting);
         self.note(result)
     }
 
@@ -304,6 +359,9 @@ impl GuestStore {
     pub async fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         self.check_own_run(run, "get")?;
+        if let Some(known) = self.known.get(&node) {
+            return Ok(Some(known.as_str().to_owned()));
+        }
         let read = self.store.get(&self.cx, run, node).await;
         Ok(self.note(read)?.map(JsonText::into_string))
     }

@@ -66,6 +66,8 @@ pub mod json;
 pub mod limits;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "async")]
+pub mod slots;
 pub mod store;
 pub mod text;
 

@@ -94,6 +94,23 @@ pub async fn last_failure(
         .and_then(parse))
 }
 
+/// The last failed attempt at each of `nodes` in `run`, in their order: one
+/// read for all of them (the runner reads a run's journal once, at start).
+pub async fn last_failures(
+    store: &dyn AsyncContextStore,
+    cx: &CallContext,
+    run: FlowRunId,
+    nodes: &[NodeId],
+) -> Result<Vec<Option<Failure>>, ContextStoreError> {
+    let keys: Vec<String> = nodes.iter().map(|node| key(run, *node)).collect();
+    Ok(store
+        .get_globals(cx, &keys)
+        .await?
+        .iter()
+        .map(|entry| entry.as_ref().and_then(parse))
+        .collect())
+}
+
 /// The failure of the attempt that stored `node`'s output, if that attempt
 /// failed after its `put`: the node's warning.
 pub async fn last_warning(

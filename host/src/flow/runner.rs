@@ -33,6 +33,7 @@ use crate::coord::{Claim, Fence};
 use crate::error::ContextStoreError;
 use crate::id::FlowRunId;
 use crate::runtime::{RunControl, Runtime, StepComponent, StepError, StepStatus, StopSignal};
+use crate::slots::JobSlots;
 use crate::store::{AsyncContextStore, CallContext, ContextStore};
 
 /// Something that happened to a node, as it happens (from worker threads).
@@ -241,6 +242,7 @@ pub fn run(
     if let Some(leases) = &leases {
         leases.check_name();
     }
+    let failed = last_failures(runtime, shared.as_ref(), flow, flow_run_id);
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
     let ready = (0..flow.nodes.len())
@@ -266,9 +268,11 @@ pub fn run(
         callback_panic: Mutex::new(None),
         changed: Mutex::new(None),
         store_failures: Mutex::new(vec![0; flow.nodes.len()]),
+        failed: Mutex::new(failed),
         stopped: AtomicBool::new(false),
+        slots: JobSlots::new(options.jobs.max(1)),
     };
-    let workers = options.jobs.clamp(1, flow.nodes.len().max(1));
+    let workers = threads(options.jobs).min(flow.nodes.len().max(1));
     std::thread::scope(|scope| {
         if let Some(leases) = &leases {
             scope.spawn(|| leases.keep());
@@ -333,6 +337,12 @@ struct Worker<'a> {
     changed: Mutex<Option<FlowError>>,
     /// For each node, how many of its store calls in a row failed.
     store_failures: Mutex<Vec<u32>>,
+    /// For each node, the number of its last failed attempt (0: none),
+    /// read from the journal once at start and kept up to date.
+    failed: Mutex<Vec<u32>>,
+    /// `jobs` slots: a node's thread holds one while it computes, and its
+    /// step gives it back while a write commits.
+    slots: JobSlots,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
 }
@@ -356,10 +366,12 @@ impl Worker<'_> {
     fn work(&self, board: &Mutex<Board>, wake: &Condvar) {
         while let Some(i) = self.next(board, wake) {
             let running = Running { board, wake };
+            let slot = self.slots.hold(None);
             let started = Instant::now();
             let looked = catch_unwind(AssertUnwindSafe(|| self.claim_and_run(i))).unwrap_or_else(
                 |payload| Attempt::Result(self.panicked(i, payload.as_ref(), started.elapsed())),
             );
+            drop(slot);
             let result = match looked {
                 Attempt::Result(result) => result,
                 Attempt::Later(after) => {
@@ -499,7 +511,7 @@ impl Worker<'_> {
                     token: fence.token,
                 });
                 let stop = leases.hold(fence, since);
-                let result = self.run_node(i, Some((fence, stop)));
+                let result = self.run_node(i, Some((fence, stop, attempt)));
                 leases.drop_claim(node.node_id);
                 self.settle_claim(leases, i, fence, result)
             }
@@ -665,20 +677,26 @@ impl Worker<'_> {
         NodeResult::Failed(error)
     }
 
-    /// Runs node `i`'s step; under `claim` (its fence and stop signal) on
-    /// a shared run.
-    fn run_node(&self, i: usize, claim: Option<(Fence, StopSignal)>) -> NodeResult {
+    /// Runs node `i`'s step; under `claim` (its fence, stop signal and
+    /// attempt number) on a shared run.
+    fn run_node(&self, i: usize, claim: Option<(Fence, StopSignal, u32)>) -> NodeResult {
         let node = &self.flow.nodes[i];
         self.emit(&FlowEvent::Started { node });
-        let fence = claim.as_ref().map(|(fence, _)| *fence);
-        let attempt = self.attempt(node);
+        let fence = claim.as_ref().map(|(fence, _, _)| *fence);
+        let attempt = match &claim {
+            // Every attempt on a shared run has a claim of its own: the
+            // claim's count is the attempt's number.
+            Some((_, _, claimed)) => (*claimed).max(self.attempt(i)),
+            None => self.attempt(i),
+        };
         let invocation = self
             .flow
             .invocation(i, self.flow_run_id)
             .with_attempt(attempt);
         let control = RunControl {
             fence,
-            stop: claim.map(|(_, stop)| stop),
+            stop: claim.map(|(_, stop, _)| stop),
+            slots: Some(self.slots.clone()),
         };
         let started = Instant::now();
         let result = self
@@ -750,24 +768,10 @@ impl Worker<'_> {
         }
     }
 
-    /// This attempt's number at `node`: one more than the last failed
-    /// attempt in the journal (1 when none failed, or the journal cannot
-    /// be read).
-    fn attempt(&self, node: &FlowNode) -> u32 {
-        let cx = self.bookkeeping();
-        let failed = self.block_on(journal::last_failure(
-            self.store.as_ref(),
-            &cx,
-            self.flow_run_id,
-            node.node_id,
-        ));
-        match failed {
-            Ok(failed) => failed.map_or(1, |f| f.attempt.saturating_add(1)),
-            Err(error) => {
-                tracing::warn!(node = %node.name, %error, "could not read the journal; counting this as attempt 1");
-                1
-            }
-        }
+    /// The number of the next attempt at node `i`: one more than its last
+    /// failed attempt.
+    fn attempt(&self, i: usize) -> u32 {
+        lock(&self.failed)[i].saturating_add(1)
     }
 
     /// The result of node `i` when running it panicked: the failure is
@@ -777,7 +781,7 @@ impl Worker<'_> {
         let message = panic_message(payload);
         tracing::error!(node = %node.name, %message, "panic while running a node");
         let error = StepError::Panicked(message);
-        self.journal_failure(i, &error, self.attempt(node), None);
+        self.journal_failure(i, &error, self.attempt(i), None);
         self.emit(&FlowEvent::Failed {
             node,
             error: &error,
@@ -791,6 +795,10 @@ impl Worker<'_> {
     /// not fatal.
     fn journal_failure(&self, i: usize, error: &StepError, attempt: u32, fence: Option<Fence>) {
         let node = &self.flow.nodes[i];
+        {
+            let mut failed = lock(&self.failed);
+            failed[i] = failed[i].max(attempt);
+        }
         let cx = self.bookkeeping().fenced(fence);
         let recorded = catch_unwind(AssertUnwindSafe(|| {
             self.block_on(journal::record(
@@ -829,6 +837,39 @@ impl Worker<'_> {
             stack.extend(&self.dependents[d]);
         }
         blocked
+    }
+}
+
+/// How many threads run the nodes of a flow with `jobs` slots: up to as
+/// many again as there are slots (at most 16 more), so that while some
+/// steps wait for their writes to commit others compute, and their writes
+/// share the next commit.
+fn threads(jobs: usize) -> usize {
+    let jobs = jobs.max(1);
+    jobs + (3 * jobs).min(24)
+}
+
+/// The last failed attempt of every node of `flow` in run `run` (0 for
+/// none), in one read of the journal; all 0, with a warning, if the
+/// journal cannot be read.
+fn last_failures(
+    runtime: &Runtime,
+    store: &dyn AsyncContextStore,
+    flow: &Flow,
+    run: FlowRunId,
+) -> Vec<u32> {
+    let nodes: Vec<_> = flow.nodes.iter().map(|n| n.node_id).collect();
+    let cx = CallContext::within(Duration::from_secs(30));
+    let read = runtime.block_on(journal::last_failures(store, &cx, run, &nodes));
+    match read {
+        Ok(failures) => failures
+            .into_iter()
+            .map(|f| f.map_or(0, |f| f.attempt))
+            .collect(),
+        Err(error) => {
+            tracing::warn!(%error, "could not read the run's journal; counting every node's next attempt as 1");
+            vec![0; nodes.len()]
+        }
     }
 }
 

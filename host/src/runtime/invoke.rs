@@ -1,6 +1,7 @@
 //! One invocation: a fresh instance under the grant and limits, one
 //! deadline over everything, the output checked in the store afterwards.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -20,7 +21,10 @@ use super::{
 };
 use crate::error::ContextStoreError;
 use crate::guest_store::{GuestStore, InFlight};
+use crate::id::NodeId;
+use crate::json::JsonText;
 use crate::limits::Limits;
+use crate::slots::JobSlots;
 use crate::store::call::far_future;
 use crate::store::{CallContext, Provenance, provenance};
 use crate::text::{self, MAX_MESSAGE_BYTES};
@@ -70,6 +74,7 @@ impl Runtime {
             invocation,
             cx,
             in_flight: &in_flight,
+            slots: control.slots.as_ref(),
         };
         let stop = async {
             let Some(signal) = &control.stop else {
@@ -132,7 +137,19 @@ impl Runtime {
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
         }
-        let stored = step.store.get(&cx, run_id, node_id).await?;
+        // One read for the node's own output (is it done?) and its
+        // upstreams' (what the step will read: stored outputs never change,
+        // so the guest's gets of them are answered from these).
+        let mut wanted = Vec::with_capacity(1 + invocation.upstream.len());
+        wanted.push(node_id);
+        wanted.extend(invocation.upstream.iter().map(|(_, id)| *id));
+        let mut read = step.store.get_many(&cx, run_id, &wanted).await?.into_iter();
+        let stored = read.next().flatten();
+        let known: HashMap<NodeId, JsonText> = wanted[1..]
+            .iter()
+            .zip(read)
+            .filter_map(|(id, value)| Some((*id, value?)))
+            .collect();
         if let Some(output) = stored {
             tracing::info!("output already stored; not running");
             return Ok(StepOutcome {
@@ -158,7 +175,7 @@ impl Runtime {
             self.preferred(metering).on_demand()
         };
         let (mut kind, pre) = self.pre_for(component, wanted)?;
-        let mut wasm = self.new_store(kind, call, started_at)?;
+        let mut wasm = self.new_store(kind, call, started_at, known.clone())?;
         let instance = match pre.instantiate_async(&mut wasm).await {
             Err(error)
                 if kind.allocation == Allocation::Pool && pool::is_pool_exhausted(&error) =>
@@ -167,7 +184,7 @@ impl Runtime {
                 tracing::debug!(%error, "instance pool exhausted; instantiating on demand");
                 let (on_demand, pre) = self.pre_for(component, kind.on_demand())?;
                 kind = on_demand;
-                wasm = self.new_store(kind, call, started_at)?;
+                wasm = self.new_store(kind, call, started_at, known)?;
                 pre.instantiate_async(&mut wasm).await
             }
             other => other,
@@ -259,12 +276,14 @@ impl Runtime {
         kind: EngineKind,
         call: &Call<'_>,
         started_at: i64,
+        known: HashMap<NodeId, JsonText>,
     ) -> Result<Store<StepState>, StepError> {
         let Call {
             step,
             invocation,
             cx,
             in_flight,
+            slots,
         } = *call;
         let (component, limits) = (&step.component, &step.limits);
         let stderr = StderrRing::new(STDERR_CAPTURE);
@@ -289,7 +308,9 @@ impl Runtime {
                 started_at,
                 ended_at: started_at,
             })
-            .tracking(in_flight.clone()),
+            .tracking(in_flight.clone())
+            .with_known_outputs(known)
+            .sharing_slots(slots.cloned()),
             stderr,
         };
         let mut wasm = Store::new(&self.engines(kind).engine, state);
@@ -312,6 +333,8 @@ struct Call<'a> {
     invocation: &'a Invocation,
     cx: CallContext,
     in_flight: &'a InFlight,
+    /// The runner's job slots, shared while the step's writes commit.
+    slots: Option<&'a JobSlots>,
 }
 
 /// Most bytes kept of a trap's report and of the guest's stderr, once

@@ -20,6 +20,10 @@ pub struct RunControl {
     /// writes afterwards is stored. The runner gives it when the claim is
     /// lost or its lease runs out.
     pub stop: Option<StopSignal>,
+    /// The job slots the caller holds one of while the invocation runs:
+    /// given back while a write of the step waits for its commit (see
+    /// [`JobSlots`](crate::slots::JobSlots)). For the blocking entry points.
+    pub slots: Option<crate::slots::JobSlots>,
 }
 
 /// A component bound to a store, a grant and limits: what does not change

@@ -46,6 +46,36 @@ pub trait AsyncContextStore: Send + Sync {
         node_id: NodeId,
     ) -> Result<Option<JsonText>, ContextStoreError>;
 
+    /// Reads the outputs of several nodes of one run, in the order asked:
+    /// one round trip (one query, one read transaction) where the backend
+    /// can, instead of one a node. A node without an output is `None`.
+    async fn get_many(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        let mut values = Vec::with_capacity(node_ids.len());
+        for node_id in node_ids {
+            values.push(self.get(cx, flow_run_id, *node_id).await?);
+        }
+        Ok(values)
+    }
+
+    /// Reads several globals, in the order asked, in one round trip where
+    /// the backend can (as [`get_many`](Self::get_many)).
+    async fn get_globals(
+        &self,
+        cx: &CallContext,
+        keys: &[String],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        let mut values = Vec::with_capacity(keys.len());
+        for key in keys {
+            values.push(self.get_global(cx, key).await?);
+        }
+        Ok(values)
+    }
+
     /// The node ids with an output in `flow_run_id`.
     async fn list_keys(
         &self,

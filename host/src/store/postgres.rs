@@ -335,6 +335,33 @@ impl AsyncContextStore for PostgresContextStore {
         .await
     }
 
+    async fn get_many(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        self.call(
+            cx,
+            Effect::Read,
+            "get_many",
+            &(flow_run_id, node_ids),
+            |c, a, _| Box::pin(values::get_many(c, a)),
+        )
+        .await
+    }
+
+    async fn get_globals(
+        &self,
+        cx: &CallContext,
+        keys: &[String],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        self.call(cx, Effect::Read, "get_globals", keys, |c, a, _| {
+            Box::pin(values::get_globals(c, a))
+        })
+        .await
+    }
+
     async fn list_keys(
         &self,
         cx: &CallContext,

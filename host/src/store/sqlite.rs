@@ -274,6 +274,50 @@ impl SqliteContextStore {
         Ok(text.map(JsonText::from_stored))
     }
 
+    fn get_many_until(
+        &self,
+        give_up: Instant,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        let texts: Vec<Option<String>> = self.read(give_up, |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT value FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
+            )?;
+            node_ids
+                .iter()
+                .map(|node_id| {
+                    select
+                        .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
+                            row.get(0)
+                        })
+                        .optional()
+                })
+                .collect()
+        })?;
+        Ok(texts
+            .into_iter()
+            .map(|text| text.map(JsonText::from_stored))
+            .collect())
+    }
+
+    fn get_globals_until(
+        &self,
+        give_up: Instant,
+        keys: &[String],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        let texts: Vec<Option<String>> = self.read(give_up, |conn| {
+            let mut select = conn.prepare_cached("SELECT value FROM globals WHERE key = ?1")?;
+            keys.iter()
+                .map(|key| select.query_row(params![key], |row| row.get(0)).optional())
+                .collect()
+        })?;
+        Ok(texts
+            .into_iter()
+            .map(|text| text.map(JsonText::from_stored))
+            .collect())
+    }
+
     fn list_keys_until(
         &self,
         give_up: Instant,

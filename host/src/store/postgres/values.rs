@@ -53,6 +53,9 @@ const OUTPUT: &str = "SELECT value, component_hash, params_hash, upstream_hash, 
 
 const GET: &str = "SELECT value FROM contextstore_outputs WHERE flow_run_id = $1 AND node_id = $2";
 
+const GET_MANY: &str = "SELECT node_id, value FROM contextstore_outputs
+     WHERE flow_run_id = $1 AND node_id = ANY($2)";
+
 const LIST_KEYS: &str = "SELECT node_id FROM contextstore_outputs WHERE flow_run_id = $1";
 
 const PROVENANCE: &str = "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
@@ -77,6 +80,8 @@ const UPSERT_GLOBAL_FENCED: &str = "WITH fence AS (
      ON CONFLICT (key) DO UPDATE SET value = excluded.value, written_at = now()";
 
 const GET_GLOBAL: &str = "SELECT value FROM contextstore_globals WHERE key = $1";
+
+const GET_GLOBALS: &str = "SELECT key, value FROM contextstore_globals WHERE key = ANY($1)";
 
 /// A node output to write.
 pub(super) struct Put<'a> {
@@ -213,6 +218,23 @@ pub(super) async fn get(
     })
 }
 
+/// Reads the outputs of several nodes of one run in one query, in the
+/// order asked.
+pub(super) async fn get_many(
+    c: &mut Conn,
+    (run, nodes): &(FlowRunId, &[NodeId]),
+) -> Result<Vec<Option<JsonText>>, Fault> {
+    let statement = c.prepare(GET_MANY).await?;
+    let ids: Vec<Uuid> = nodes.iter().map(|n| *n.as_uuid()).collect();
+    let rows = c.client.query(&statement, &[run.as_uuid(), &ids]).await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0)?;
+        found.insert(id, JsonText::from_stored(row.try_get(1)?));
+    }
+    Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+}
+
 /// Lists a run's nodes with outputs.
 pub(super) async fn list_keys(c: &mut Conn, run: &FlowRunId) -> Result<Vec<NodeId>, Fault> {
     let statement = c.prepare(LIST_KEYS).await?;
@@ -310,6 +332,22 @@ async fn same_global(c: &mut Conn, a: &Global<'_>) -> Result<bool, Fault> {
     Ok(get_global(c, a.key)
         .await?
         .is_some_and(|stored| stored == *a.value))
+}
+
+/// Reads several globals in one query, in the order asked.
+pub(super) async fn get_globals(
+    c: &mut Conn,
+    keys: &[String],
+) -> Result<Vec<Option<JsonText>>, Fault> {
+    let statement = c.prepare(GET_GLOBALS).await?;
+    let wanted: Vec<&[u8]> = keys.iter().map(|k| k.as_bytes()).collect();
+    let rows = c.client.query(&statement, &[&wanted]).await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let key: Vec<u8> = row.try_get(0)?;
+        found.insert(key, JsonText::from_stored(row.try_get(1)?));
+    }
+    Ok(wanted.iter().map(|k| found.get(*k).cloned()).collect())
 }
 
 /// Reads a global.

@@ -72,6 +72,27 @@ impl AsyncContextStore for SqliteContextStore {
         self.get_text_until(cx.give_up(self.options.busy_deadline), flow_run_id, node_id)
     }
 
+    async fn get_many(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        self.get_many_until(
+            cx.give_up(self.options.busy_deadline),
+            flow_run_id,
+            node_ids,
+        )
+    }
+
+    async fn get_globals(
+        &self,
+        cx: &CallContext,
+        keys: &[String],
+    ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
+        self.get_globals_until(cx.give_up(self.options.busy_deadline), keys)
+    }
+
     async fn list_keys(
         &self,
         cx: &CallContext,
