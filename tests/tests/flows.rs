@@ -308,8 +308,8 @@ fn a_panicking_event_callback_ends_the_run_with_an_error() {
     }
 }
 
-/// A store that panics when the node `panic_on` is looked up, as a buggy
-/// backend might.
+/// A store that panics when the node `panic_on` is written or looked up,
+/// as a buggy backend might.
 struct PanickingStore {
     inner: std::sync::Arc<dyn contextstore::ContextStore>,
     panic_on: contextstore::NodeId,
@@ -322,6 +322,7 @@ impl contextstore::ContextStore for PanickingStore {
         node: contextstore::NodeId,
         value: &contextstore::json::JsonText,
     ) -> Result<(), contextstore::ContextStoreError> {
+        assert!(node != self.panic_on, "the store broke");
         self.inner.put_text(run, node, value)
     }
     fn get_text(

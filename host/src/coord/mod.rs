@@ -138,6 +138,26 @@ pub trait Coordinator: Send + Sync {
         lease: Duration,
     ) -> Result<Claim, ContextStoreError>;
 
+    /// Claims several nodes of `run` at once, as [`claim`](Self::claim)
+    /// each, in one round trip where the backend can; answers in the order
+    /// asked. A node another worker is claiming at the same moment is
+    /// skipped rather than waited for: it comes back as
+    /// [`Claim::Held`] with no lease left, to be looked at again.
+    async fn claim_many(
+        &self,
+        cx: &CallContext,
+        run: FlowRunId,
+        nodes: &[NodeId],
+        worker: &WorkerId,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, ContextStoreError> {
+        let mut claims = Vec::with_capacity(nodes.len());
+        for node in nodes {
+            claims.push(self.claim(cx, run, *node, worker, lease).await?);
+        }
+        Ok(claims)
+    }
+
     /// Extends every unfinished lease this incarnation of `worker` holds in
     /// `run` to `lease` from now, and says which those are.
     async fn renew(

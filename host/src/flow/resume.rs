@@ -2,10 +2,11 @@
 //! outputs. Each stored output's [`Provenance`](crate::store::Provenance)
 //! is compared with the node as the flow file has it now.
 
+use std::collections::HashSet;
 use std::fmt;
 
 use super::{Flow, FlowError};
-use crate::id::FlowRunId;
+use crate::id::{FlowRunId, NodeId};
 use crate::runtime::StepComponent;
 use crate::store::{ContextStore, Provenance};
 
@@ -49,21 +50,32 @@ impl fmt::Display for ChangedNode {
 /// Checks every node that has an output in `flow_run_id` against its
 /// provenance: [`FlowError::Changed`] lists those whose component, params
 /// or upstream differ. Outputs without provenance (written by `put`, or
-/// before provenance was recorded) are taken as unchanged.
+/// before provenance was recorded) are taken as unchanged. Otherwise
+/// returns, for each node of `flow`, whether its output was stored: one
+/// listing of the run, and one read of provenance for each stored node.
 pub fn check_unchanged(
     store: &dyn ContextStore,
     flow: &Flow,
     flow_run_id: FlowRunId,
     components: &[StepComponent],
-) -> Result<(), FlowError> {
+) -> Result<Vec<bool>, FlowError> {
+    let stored_ids: HashSet<NodeId> = store.list_keys(flow_run_id)?.into_iter().collect();
+    let stored: Vec<bool> = flow
+        .nodes
+        .iter()
+        .map(|node| stored_ids.contains(&node.node_id))
+        .collect();
     let mut changed = Vec::new();
     for (i, node) in flow.nodes.iter().enumerate() {
+        if !stored[i] {
+            continue;
+        }
         if let Some(provenance) = store.provenance(flow_run_id, node.node_id)? {
             changed.extend(compare(&provenance, flow, i, flow_run_id, &components[i]));
         }
     }
     if changed.is_empty() {
-        Ok(())
+        Ok(stored)
     } else {
         Err(FlowError::Changed {
             flow_run_id,

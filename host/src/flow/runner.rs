@@ -31,10 +31,10 @@ use super::resume::{check_unchanged, compare};
 use super::{Flow, FlowError, FlowNode, journal};
 use crate::coord::{Claim, Fence};
 use crate::error::ContextStoreError;
-use crate::id::FlowRunId;
+use crate::id::{FlowRunId, NodeId};
 use crate::runtime::{RunControl, Runtime, StepComponent, StepError, StepStatus, StopSignal};
 use crate::slots::JobSlots;
-use crate::store::{AsyncContextStore, CallContext, ContextStore};
+use crate::store::{AsyncContextStore, CallContext, ContextStore, Provenance};
 
 /// Something that happened to a node, as it happens (from worker threads).
 #[derive(Debug)]
@@ -177,6 +177,30 @@ struct Board {
     running: usize,
     /// Nodes another worker holds, with when to look at them again.
     deferred: Vec<(usize, Instant)>,
+    /// Nodes this worker claimed in a batch and has not started yet
+    /// (counted in `running`).
+    won: VecDeque<(usize, Won)>,
+}
+
+/// Outputs known to be stored, by node.
+type Known = HashMap<NodeId, JsonText>;
+
+/// A claim this worker won on a node, not yet run.
+struct Won {
+    fence: Fence,
+    attempt: u32,
+    stop: StopSignal,
+}
+
+/// What a worker thread does next.
+enum Task {
+    /// Run node `i` (or find it done): a store without coordination.
+    Look(usize),
+    /// Claim these nodes in one call (ready, or due for another look) and
+    /// run those won: a store shared by workers.
+    Claim(Vec<usize>),
+    /// Run node `i` under a claim won in a batch.
+    Run(usize, Won),
 }
 
 /// What one look at a node came to.
@@ -234,7 +258,7 @@ pub fn run(
         };
         components.push(component);
     }
-    check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
+    let stored_at_start = check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
     let shared = crate::store::to_async(store.clone());
     let leases = shared
         .coordinator()
@@ -254,6 +278,7 @@ pub fn run(
         results: (0..flow.nodes.len()).map(|_| None).collect(),
         running: 0,
         deferred: Vec::new(),
+        won: VecDeque::new(),
     });
     let wake = Condvar::new();
     let worker = Worker {
@@ -269,10 +294,13 @@ pub fn run(
         changed: Mutex::new(None),
         store_failures: Mutex::new(vec![0; flow.nodes.len()]),
         failed: Mutex::new(failed),
+        held_looks: Mutex::new(vec![0; flow.nodes.len()]),
+        stored_at_start,
+        threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
         slots: JobSlots::new(options.jobs.max(1)),
     };
-    let workers = threads(options.jobs).min(flow.nodes.len().max(1));
+    let workers = worker.threads;
     std::thread::scope(|scope| {
         if let Some(leases) = &leases {
             scope.spawn(|| leases.keep());
@@ -343,6 +371,14 @@ struct Worker<'a> {
     /// `jobs` slots: a node's thread holds one while it computes, and its
     /// step gives it back while a write commits.
     slots: JobSlots,
+    /// For each node, how many looks in a row found it held by another
+    /// worker (the next look waits longer).
+    held_looks: Mutex<Vec<u32>>,
+    /// How many threads run nodes (see [`threads`]): at most this many
+    /// nodes are claimed at once.
+    threads: usize,
+    /// For each node, whether its output was stored when the run started.
+    stored_at_start: Vec<bool>,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
 }
@@ -364,89 +400,139 @@ impl Drop for Running<'_> {
 
 impl Worker<'_> {
     fn work(&self, board: &Mutex<Board>, wake: &Condvar) {
-        while let Some(i) = self.next(board, wake) {
-            let running = Running { board, wake };
-            let slot = self.slots.hold(None);
-            let started = Instant::now();
-            let looked = catch_unwind(AssertUnwindSafe(|| self.claim_and_run(i))).unwrap_or_else(
-                |payload| Attempt::Result(self.panicked(i, payload.as_ref(), started.elapsed())),
-            );
-            drop(slot);
-            let result = match looked {
-                Attempt::Result(result) => result,
-                Attempt::Later(after) => {
-                    lock(board).deferred.push((i, Instant::now() + after));
-                    drop(running);
-                    continue;
+        while let Some(task) = self.next(board, wake) {
+            match task {
+                Task::Look(i) => self.one(board, wake, i, |known| self.run_here(i, known)),
+                Task::Run(i, won) => {
+                    self.one(board, wake, i, |known| self.run_claimed(i, won, known));
                 }
-            };
-            let blocked = {
-                let mut b = lock(board);
-                let blocked = match &result {
-                    NodeResult::Done { .. } => {
-                        for &d in &self.dependents[i] {
-                            b.waiting_on[d] -= 1;
-                            if b.waiting_on[d] == 0 && b.results[d].is_none() {
-                                b.ready.push_back(d);
-                            }
-                        }
-                        Vec::new()
-                    }
-                    _ => self.block_dependents(&mut b, i),
-                };
-                b.results[i] = Some(result);
-                blocked
-            };
-            drop(running);
-            let by = &self.flow.nodes[i].name;
-            for d in blocked {
-                self.emit(&FlowEvent::Blocked {
-                    node: &self.flow.nodes[d],
-                    by,
-                });
+                Task::Claim(batch) => self.claim_batch(board, wake, batch),
             }
         }
     }
 
-    /// The next ready node (or a node held elsewhere, due for another
-    /// look), or `None` when nothing is ready, deferred or running, or the
-    /// run was stopped.
-    fn next(&self, board: &Mutex<Board>, wake: &Condvar) -> Option<usize> {
+    /// Looks at node `i` (counted in `running`) with `look`, holding a job
+    /// slot, and puts what it came to on the board: a result (waking its
+    /// dependents, or blocking them), or another look later.
+    fn one(
+        &self,
+        board: &Mutex<Board>,
+        wake: &Condvar,
+        i: usize,
+        look: impl FnOnce(Known) -> Attempt,
+    ) {
+        let running = Running { board, wake };
+        let known = self.known_upstreams(board, i);
+        let slot = self.slots.hold(None);
+        let started = Instant::now();
+        let looked = catch_unwind(AssertUnwindSafe(|| look(known))).unwrap_or_else(|payload| {
+            Attempt::Result(self.panicked(i, payload.as_ref(), started.elapsed()))
+        });
+        drop(slot);
+        let result = match looked {
+            Attempt::Result(result) => result,
+            Attempt::Later(after) => {
+                lock(board).deferred.push((i, Instant::now() + after));
+                return;
+            }
+        };
+        let blocked = {
+            let mut b = lock(board);
+            let blocked = match &result {
+                NodeResult::Done { .. } => {
+                    for &d in &self.dependents[i] {
+                        b.waiting_on[d] -= 1;
+                        if b.waiting_on[d] == 0 && b.results[d].is_none() {
+                            b.ready.push_back(d);
+                        }
+                    }
+                    Vec::new()
+                }
+                _ => self.block_dependents(&mut b, i),
+            };
+            b.results[i] = Some(result);
+            blocked
+        };
+        drop(running);
+        let by = &self.flow.nodes[i].name;
+        for d in blocked {
+            self.emit(&FlowEvent::Blocked {
+                node: &self.flow.nodes[d],
+                by,
+            });
+        }
+    }
+
+    /// The outputs of node `i`'s upstreams that are done on the board (the
+    /// runtime does not read them again).
+    fn known_upstreams(&self, board: &Mutex<Board>, i: usize) -> Known {
+        let node = &self.flow.nodes[i];
+        let b = lock(board);
+        node.upstream_index
+            .iter()
+            .filter_map(|&u| match &b.results[u] {
+                Some(NodeResult::Done { output, .. }) => {
+                    Some((self.flow.nodes[u].node_id, output.clone()))
+                }
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// What to do next: a node claimed earlier; on a shared run a batch of
+    /// ready nodes (and nodes due for another look) to claim, as many as
+    /// this worker has threads free for; else the next ready or due node.
+    /// `None` when nothing is ready, deferred or running, or the run was
+    /// stopped.
+    fn next(&self, board: &Mutex<Board>, wake: &Condvar) -> Option<Task> {
         let mut b = lock(board);
         loop {
             if self.stopped.load(Ordering::SeqCst) {
                 return None;
             }
-            if let Some(i) = b.ready.pop_front() {
-                b.running += 1;
-                return Some(i);
+            if let Some((i, won)) = b.won.pop_front() {
+                return Some(Task::Run(i, won));
             }
-            let due = b
-                .deferred
-                .iter()
-                .enumerate()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(pos, (_, at))| (pos, *at));
-            if let Some((pos, at)) = due {
-                let now = Instant::now();
-                if at <= now {
-                    let (i, _) = b.deferred.swap_remove(pos);
-                    b.running += 1;
-                    return Some(i);
+            let now = Instant::now();
+            let room = self.threads.saturating_sub(b.running).max(1);
+            let mut batch = Vec::new();
+            while batch.len() < room {
+                let Some(i) = b.ready.pop_front() else { break };
+                batch.push(i);
+                if self.leases.is_none() {
+                    break;
                 }
-                b = wake
-                    .wait_timeout(b, at - now)
-                    .unwrap_or_else(PoisonError::into_inner)
-                    .0;
-                continue;
             }
-            if b.running == 0 {
+            let mut pos = 0;
+            while batch.len() < room && pos < b.deferred.len() {
+                if b.deferred[pos].1 <= now {
+                    batch.push(b.deferred.swap_remove(pos).0);
+                    if self.leases.is_none() {
+                        break;
+                    }
+                } else {
+                    pos += 1;
+                }
+            }
+            if !batch.is_empty() {
+                b.running += batch.len();
+                return Some(match (self.leases, batch.as_slice()) {
+                    (None, [i]) => Task::Look(*i),
+                    _ => Task::Claim(batch),
+                });
+            }
+            let due = b.deferred.iter().map(|(_, at)| *at).min();
+            if due.is_none() && b.running == 0 {
                 return None;
             }
-            // A running node wakes us when it ends; look again at least
-            // every second all the same (every wait has a deadline).
+            // A node ending wakes us; a deferred node when due; look again
+            // at least every second all the same (every wait has a deadline).
+            let wait = due.map_or(Duration::from_secs(1), |at| {
+                at.saturating_duration_since(now)
+                    .min(Duration::from_secs(1))
+            });
             b = wake
-                .wait_timeout(b, Duration::from_secs(1))
+                .wait_timeout(b, wait)
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
@@ -479,54 +565,226 @@ impl Worker<'_> {
         CallContext::within(budget)
     }
 
-    /// Runs node `i`, claiming it first when the store is shared.
-    fn claim_and_run(&self, i: usize) -> Attempt {
+    /// Runs node `i` on a store without coordination.
+    fn run_here(&self, i: usize, known: Known) -> Attempt {
+        Attempt::Result(self.run_node(i, None, known))
+    }
+
+    /// Claims the nodes of `batch` (each counted in `running`) in one call;
+    /// runs the first won here and leaves the others won to the next free
+    /// threads; a node finished elsewhere is checked and taken as done; one
+    /// held elsewhere is looked at again later.
+    fn claim_batch(&self, board: &Mutex<Board>, wake: &Condvar, batch: Vec<usize>) {
         let Some(leases) = self.leases else {
-            return Attempt::Result(self.run_node(i, None));
+            for i in batch {
+                self.one(board, wake, i, |known| self.run_here(i, known));
+            }
+            return;
         };
-        let node = &self.flow.nodes[i];
+        let nodes: Vec<_> = batch.iter().map(|&i| self.flow.nodes[i].node_id).collect();
         let cx = self.bookkeeping();
-        // A node done elsewhere needs no claim.
-        match self.block_on(self.store.get(&cx, self.flow_run_id, node.node_id)) {
-            Ok(Some(_)) => return self.found_done(i),
-            Ok(None) => {}
-            Err(error) => return self.store_trouble(i, error),
-        }
-        let coordinator = leases.coordinator();
         let since = Instant::now();
-        let claimed = self.block_on(coordinator.claim(
-            &cx,
-            self.flow_run_id,
-            node.node_id,
-            &leases.worker,
-            leases.lease,
-        ));
-        match claimed {
-            Ok(Claim::Won { attempt, fence }) => {
-                self.store_ok(i);
-                self.emit(&FlowEvent::Claimed {
-                    node,
-                    worker: &leases.worker.name,
-                    attempt,
-                    token: fence.token,
-                });
-                let stop = leases.hold(fence, since);
-                let result = self.run_node(i, Some((fence, stop, attempt)));
-                leases.drop_claim(node.node_id);
-                self.settle_claim(leases, i, fence, result)
+        let claimed = catch_unwind(AssertUnwindSafe(|| {
+            self.block_on(leases.coordinator().claim_many(
+                &cx,
+                self.flow_run_id,
+                &nodes,
+                &leases.worker,
+                leases.lease,
+            ))
+        }));
+        let claims = match claimed {
+            Ok(Ok(claims)) if claims.len() == batch.len() => claims,
+            Ok(Ok(claims)) => {
+                let error = ContextStoreError::StorageError(format!(
+                    "claimed {} nodes, got {} answers",
+                    batch.len(),
+                    claims.len()
+                ));
+                return self.batch_failed(board, wake, batch, &error);
             }
-            // Finished elsewhere after the look above: the output is stored.
-            Ok(Claim::Finished { .. }) => self.found_done(i),
-            Ok(Claim::Held { lease_left, .. }) => {
-                self.store_ok(i);
-                // Look again soon (the holder may finish any moment), and
-                // no later than when the lease would expire.
-                let poll = (leases.lease / 20)
-                    .clamp(Duration::from_millis(20), Duration::from_millis(500));
-                Attempt::Later(poll.min(lease_left + Duration::from_millis(1)))
+            Ok(Err(error)) => return self.batch_failed(board, wake, batch, &error),
+            Err(payload) => {
+                let message = panic_message(payload.as_ref());
+                for i in batch {
+                    self.one(board, wake, i, |_| {
+                        Attempt::Result(self.panicked(i, &message, Duration::ZERO))
+                    });
+                }
+                return;
             }
-            Err(error) => self.store_trouble(i, error),
+        };
+        let mut mine = None;
+        let mut others = Vec::new();
+        let mut looks = Vec::new();
+        for (&i, claim) in batch.iter().zip(claims) {
+            match claim {
+                Claim::Won { attempt, fence } => {
+                    self.store_ok(i);
+                    lock(&self.held_looks)[i] = 0;
+                    self.emit(&FlowEvent::Claimed {
+                        node: &self.flow.nodes[i],
+                        worker: &leases.worker.name,
+                        attempt,
+                        token: fence.token,
+                    });
+                    let won = Won {
+                        fence,
+                        attempt,
+                        stop: leases.hold(fence, since),
+                    };
+                    if mine.is_none() {
+                        mine = Some((i, won));
+                    } else {
+                        others.push((i, won));
+                    }
+                }
+                Claim::Finished { .. } => looks.push((i, None)),
+                Claim::Held { lease_left, .. } => {
+                    self.store_ok(i);
+                    looks.push((i, Some(self.held_poll(i, leases, lease_left))));
+                }
+            }
         }
+        if !others.is_empty() {
+            lock(board).won.extend(others);
+            wake.notify_all();
+        }
+        if let Some((i, won)) = mine {
+            self.one(board, wake, i, |known| self.run_claimed(i, won, known));
+        }
+        let mut finished = Vec::new();
+        for (i, poll) in looks {
+            match poll {
+                None => finished.push(i),
+                Some(after) => self.one(board, wake, i, |_| Attempt::Later(after)),
+            }
+        }
+        self.found_done_many(board, wake, finished);
+    }
+
+    /// Takes the nodes of `nodes` (each counted in `running`), finished by
+    /// another worker, as done: their outputs, provenance and journal
+    /// entries in two reads for all of them; each checked against this
+    /// worker's flow.
+    fn found_done_many(&self, board: &Mutex<Board>, wake: &Condvar, nodes: Vec<usize>) {
+        if nodes.is_empty() {
+            return;
+        }
+        let ids: Vec<NodeId> = nodes.iter().map(|&i| self.flow.nodes[i].node_id).collect();
+        let cx = self.bookkeeping();
+        let read = catch_unwind(AssertUnwindSafe(|| {
+            let outputs = self.block_on(self.store.get_many_with_provenance(
+                &cx,
+                self.flow_run_id,
+                &ids,
+            ))?;
+            let failures = self.block_on(journal::last_failures(
+                self.store.as_ref(),
+                &cx,
+                self.flow_run_id,
+                &ids,
+            ))?;
+            Ok::<_, ContextStoreError>((outputs, failures))
+        }));
+        let Ok(Ok((outputs, failures))) = read else {
+            // Node by node, with each one's own errors.
+            for i in nodes {
+                self.one(board, wake, i, |known| self.found_done(i, known));
+            }
+            return;
+        };
+        for ((i, output), failure) in nodes.into_iter().zip(outputs).zip(failures) {
+            self.one(board, wake, i, |known| match output {
+                Some((output, provenance)) => self.take_found(i, output, provenance, failure),
+                // Finished, yet not found: look the usual way.
+                None => self.found_done(i, known),
+            });
+        }
+    }
+
+    /// Node `i`, found stored by another worker with `provenance`, and its
+    /// journal's last `failure`: done, unless another flow wrote it.
+    fn take_found(
+        &self,
+        i: usize,
+        output: JsonText,
+        provenance: Option<Provenance>,
+        failure: Option<journal::Failure>,
+    ) -> Attempt {
+        self.store_ok(i);
+        if let Err(attempt) = self.check_changed(i, provenance.as_ref()) {
+            return attempt;
+        }
+        let node = &self.flow.nodes[i];
+        // The attempt that stored the output failed after it.
+        let warning = failure
+            .filter(|f| provenance.as_ref().map(|p| p.attempt) == Some(f.attempt))
+            .map(|f| f.error);
+        self.emit(&FlowEvent::Started { node });
+        self.emit(&FlowEvent::Finished {
+            node,
+            status: StepStatus::AlreadyDone,
+            output: &output,
+            warning: warning.as_deref(),
+            elapsed: Duration::ZERO,
+        });
+        Attempt::Result(NodeResult::Done {
+            status: StepStatus::AlreadyDone,
+            output,
+            warning,
+            elapsed: Duration::ZERO,
+        })
+    }
+
+    /// Every node of a batch whose claim call failed with `error`: looked
+    /// at again after a pause if the fault may pass, else failed.
+    fn batch_failed(
+        &self,
+        board: &Mutex<Board>,
+        wake: &Condvar,
+        batch: Vec<usize>,
+        error: &ContextStoreError,
+    ) {
+        for i in batch {
+            let error = match error {
+                ContextStoreError::Timeout(m) => ContextStoreError::Timeout(m.clone()),
+                other => ContextStoreError::StorageError(other.to_string()),
+            };
+            self.one(board, wake, i, |_| self.store_trouble(i, error));
+        }
+    }
+
+    /// When to look again at node `i`, held by another worker whose lease
+    /// has `lease_left`: soon at first (the holder may finish any moment),
+    /// then twice as long each time it is still held, up to a twentieth of
+    /// the lease (20 to 500 ms), and never after the lease would expire.
+    fn held_poll(&self, i: usize, leases: &Leases<'_>, lease_left: Duration) -> Duration {
+        let looks = {
+            let mut looks = lock(&self.held_looks);
+            looks[i] = looks[i].saturating_add(1);
+            looks[i]
+        };
+        let most = (leases.lease / 20).clamp(Duration::from_millis(20), Duration::from_millis(500));
+        let poll = Duration::from_millis(5)
+            .saturating_mul(1 << (looks - 1).min(10))
+            .min(most);
+        poll.min(lease_left + Duration::from_millis(1))
+    }
+
+    /// Runs node `i` under the claim `won` of this worker.
+    fn run_claimed(&self, i: usize, won: Won, known: Known) -> Attempt {
+        let Some(leases) = self.leases else {
+            return self.run_here(i, known);
+        };
+        let Won {
+            fence,
+            attempt,
+            stop,
+        } = won;
+        let result = self.run_node(i, Some((fence, stop, attempt)), known);
+        leases.drop_claim(self.flow.nodes[i].node_id);
+        self.settle_claim(leases, i, fence, result)
     }
 
     /// Ends this worker's claim `fence` on node `i` after its step gave
@@ -552,11 +810,18 @@ impl Worker<'_> {
                 // (`AsyncContextStore::put`): nothing more to commit.
                 Attempt::Result(result)
             }
-            // Another invocation stored it: check whose flow wrote it.
-            NodeResult::Done { .. } => match self.check_provenance(i) {
-                Ok(()) => Attempt::Result(result),
-                Err(attempt) => attempt,
-            },
+            // Another invocation stored it (without finishing this claim):
+            // finish the claim, so that other workers see the node done,
+            // and check whose flow wrote it.
+            NodeResult::Done { .. } => {
+                if let Err(error) = self.block_on(coordinator.finish(&cx, &fence)) {
+                    tracing::warn!(node = %self.flow.nodes[i].name, %error, "could not finish the claim; it expires with its lease");
+                }
+                match self.check_provenance(i) {
+                    Ok(()) => Attempt::Result(result),
+                    Err(attempt) => attempt,
+                }
+            }
             NodeResult::Failed(error) => {
                 if let Err(release_error) = self.block_on(coordinator.release(&cx, &fence)) {
                     tracing::warn!(node = %self.flow.nodes[i].name, error = %release_error, "could not give up the claim; it expires with its lease");
@@ -567,7 +832,7 @@ impl Worker<'_> {
                     self.flow.nodes[i].node_id,
                 ));
                 if let Ok(Some(_)) = stored {
-                    return self.found_done(i);
+                    return self.found_done(i, Known::new());
                 }
                 match error {
                     // Lost the claim: someone else runs the node now, or
@@ -589,11 +854,11 @@ impl Worker<'_> {
     /// Node `i`'s output is stored, by this worker earlier or by another:
     /// its provenance must match this worker's flow ([`FlowError::Changed`]
     /// otherwise); then the node is done, as the runtime reports it.
-    fn found_done(&self, i: usize) -> Attempt {
+    fn found_done(&self, i: usize, known: Known) -> Attempt {
         if let Err(attempt) = self.check_provenance(i) {
             return attempt;
         }
-        Attempt::Result(self.run_node(i, None))
+        Attempt::Result(self.run_node(i, None, known))
     }
 
     /// Compares the provenance of node `i`'s stored output with this
@@ -606,11 +871,17 @@ impl Worker<'_> {
             .block_on(self.store.provenance(&cx, self.flow_run_id, node.node_id))
             .map_err(|error| self.store_trouble(i, error))?;
         self.store_ok(i);
+        self.check_changed(i, provenance.as_ref())
+    }
+
+    /// [`check_provenance`](Self::check_provenance) with the provenance read.
+    fn check_changed(&self, i: usize, provenance: Option<&Provenance>) -> Result<(), Attempt> {
+        let node = &self.flow.nodes[i];
         let Some(provenance) = provenance else {
             return Ok(());
         };
         let Some(changed) = compare(
-            &provenance,
+            provenance,
             self.flow,
             i,
             self.flow_run_id,
@@ -679,7 +950,12 @@ impl Worker<'_> {
 
     /// Runs node `i`'s step; under `claim` (its fence, stop signal and
     /// attempt number) on a shared run.
-    fn run_node(&self, i: usize, claim: Option<(Fence, StopSignal, u32)>) -> NodeResult {
+    fn run_node(
+        &self,
+        i: usize,
+        claim: Option<(Fence, StopSignal, u32)>,
+        known: Known,
+    ) -> NodeResult {
         let node = &self.flow.nodes[i];
         self.emit(&FlowEvent::Started { node });
         let fence = claim.as_ref().map(|(fence, _, _)| *fence);
@@ -693,10 +969,16 @@ impl Worker<'_> {
             .flow
             .invocation(i, self.flow_run_id)
             .with_attempt(attempt);
+        // Not stored: under a claim this worker won (the put of an output
+        // finishes its claim); on a store without coordination, when it
+        // was not stored at start (this runner is the run's writer).
+        let unfinished = claim.is_some() || (self.leases.is_none() && !self.stored_at_start[i]);
         let control = RunControl {
             fence,
             stop: claim.map(|(_, stop, _)| stop),
             slots: Some(self.slots.clone()),
+            known_outputs: known,
+            unfinished,
         };
         let started = Instant::now();
         let result = self
@@ -847,6 +1129,11 @@ impl Worker<'_> {
 fn threads(jobs: usize) -> usize {
     let jobs = jobs.max(1);
     jobs + (3 * jobs).min(24)
+}
+
+/// The threads for `flow` with `jobs` slots: [`threads`], at most one a node.
+fn workers_for(jobs: usize, flow: &Flow) -> usize {
+    threads(jobs).min(flow.nodes.len().max(1))
 }
 
 /// The last failed attempt of every node of `flow` in run `run` (0 for

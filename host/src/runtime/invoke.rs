@@ -24,7 +24,6 @@ use crate::guest_store::{GuestStore, InFlight};
 use crate::id::NodeId;
 use crate::json::JsonText;
 use crate::limits::Limits;
-use crate::slots::JobSlots;
 use crate::store::call::far_future;
 use crate::store::{CallContext, Provenance, provenance};
 use crate::text::{self, MAX_MESSAGE_BYTES};
@@ -74,7 +73,7 @@ impl Runtime {
             invocation,
             cx,
             in_flight: &in_flight,
-            slots: control.slots.as_ref(),
+            control,
         };
         let stop = async {
             let Some(signal) = &control.stop else {
@@ -129,6 +128,7 @@ impl Runtime {
             step,
             invocation,
             cx,
+            control,
             ..
         } = *call;
         let (component, limits) = (&step.component, &step.limits);
@@ -137,19 +137,35 @@ impl Runtime {
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
         }
-        // One read for the node's own output (is it done?) and its
-        // upstreams' (what the step will read: stored outputs never change,
-        // so the guest's gets of them are answered from these).
+        // One read, of what the caller does not know already: the node's
+        // own output (is it done?) and its upstreams' (what the step will
+        // read: stored outputs never change, so the guest's gets of them are
+        // answered from these).
+        let mut known = control.known_outputs.clone();
         let mut wanted = Vec::with_capacity(1 + invocation.upstream.len());
-        wanted.push(node_id);
-        wanted.extend(invocation.upstream.iter().map(|(_, id)| *id));
-        let mut read = step.store.get_many(&cx, run_id, &wanted).await?.into_iter();
-        let stored = read.next().flatten();
-        let known: HashMap<NodeId, JsonText> = wanted[1..]
-            .iter()
-            .zip(read)
-            .filter_map(|(id, value)| Some((*id, value?)))
-            .collect();
+        if !control.unfinished {
+            wanted.push(node_id);
+        }
+        wanted.extend(
+            invocation
+                .upstream
+                .iter()
+                .map(|(_, id)| *id)
+                .filter(|id| !known.contains_key(id)),
+        );
+        let mut stored = None;
+        if !wanted.is_empty() {
+            let read = step.store.get_many(&cx, run_id, &wanted).await?;
+            for (id, value) in wanted.iter().zip(read) {
+                match value {
+                    Some(value) if *id == node_id && !control.unfinished => stored = Some(value),
+                    Some(value) => {
+                        known.insert(*id, value);
+                    }
+                    None => {}
+                }
+            }
+        }
         if let Some(output) = stored {
             tracing::info!("output already stored; not running");
             return Ok(StepOutcome {
@@ -283,7 +299,7 @@ impl Runtime {
             invocation,
             cx,
             in_flight,
-            slots,
+            control,
         } = *call;
         let (component, limits) = (&step.component, &step.limits);
         let stderr = StderrRing::new(STDERR_CAPTURE);
@@ -310,7 +326,7 @@ impl Runtime {
             })
             .tracking(in_flight.clone())
             .with_known_outputs(known)
-            .sharing_slots(slots.cloned()),
+            .sharing_slots(control.slots.clone()),
             stderr,
         };
         let mut wasm = Store::new(&self.engines(kind).engine, state);
@@ -333,8 +349,9 @@ struct Call<'a> {
     invocation: &'a Invocation,
     cx: CallContext,
     in_flight: &'a InFlight,
-    /// The runner's job slots, shared while the step's writes commit.
-    slots: Option<&'a JobSlots>,
+    /// What the caller controls: its claim, stop signal, job slots and
+    /// the outputs it knows.
+    control: &'a RunControl,
 }
 
 /// Most bytes kept of a trap's report and of the guest's stderr, once

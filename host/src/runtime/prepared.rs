@@ -1,10 +1,13 @@
 //! [`PreparedStep`]: a step component bound once to the store it runs
 //! against, its grant and its limits, ready for any number of invocations.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::{Invocation, Runtime, StepComponent, StepError, StepOutcome, StopSignal};
 use crate::grant::Grant;
+use crate::id::NodeId;
+use crate::json::JsonText;
 use crate::limits::Limits;
 use crate::store::{AsyncContextStore, Fence};
 
@@ -24,6 +27,17 @@ pub struct RunControl {
     /// given back while a write of the step waits for its commit (see
     /// [`JobSlots`](crate::slots::JobSlots)). For the blocking entry points.
     pub slots: Option<crate::slots::JobSlots>,
+    /// Outputs of the invocation's run the caller knows are stored (its
+    /// upstreams', say, which it wrote or read): the runtime does not read
+    /// them again, and the step's `get`s of them are answered from here.
+    /// Stored outputs never change, so the answer is the store's.
+    pub known_outputs: HashMap<NodeId, JsonText>,
+    /// The caller knows the node's own output is not stored (its claim is
+    /// unfinished, or it is the run's only writer and found none at
+    /// start): the runtime does not look for it before running the step. A
+    /// `put` that finds one stored all the same (written meanwhile by
+    /// someone else) ends the invocation as already done.
+    pub unfinished: bool,
 }
 
 /// A component bound to a store, a grant and limits: what does not change

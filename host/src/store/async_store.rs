@@ -62,6 +62,27 @@ pub trait AsyncContextStore: Send + Sync {
         Ok(values)
     }
 
+    /// Reads the outputs of several nodes of one run with their provenance
+    /// (`None` for an output stored without it), in the order asked, in one
+    /// round trip where the backend can: what a worker checks of the nodes
+    /// another worker finished.
+    async fn get_many_with_provenance(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+        let mut found = Vec::with_capacity(node_ids.len());
+        for node_id in node_ids {
+            let value = self.get(cx, flow_run_id, *node_id).await?;
+            found.push(match value {
+                Some(value) => Some((value, self.provenance(cx, flow_run_id, *node_id).await?)),
+                None => None,
+            });
+        }
+        Ok(found)
+    }
+
     /// Reads several globals, in the order asked, in one round trip where
     /// the backend can (as [`get_many`](Self::get_many)).
     async fn get_globals(

@@ -351,6 +351,22 @@ impl AsyncContextStore for PostgresContextStore {
         .await
     }
 
+    async fn get_many_with_provenance(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+        self.call(
+            cx,
+            Effect::Read,
+            "get_many_with_provenance",
+            &(flow_run_id, node_ids),
+            |c, a, _| Box::pin(values::get_many_with_provenance(c, a)),
+        )
+        .await
+    }
+
     async fn get_globals(
         &self,
         cx: &CallContext,

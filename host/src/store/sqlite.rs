@@ -301,6 +301,44 @@ impl SqliteContextStore {
             .collect())
     }
 
+    fn get_many_with_provenance_until(
+        &self,
+        give_up: Instant,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+        self.read(give_up, |conn| {
+            let mut select = conn.prepare_cached(
+                "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
+                        started_at, ended_at
+                 FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
+            )?;
+            node_ids
+                .iter()
+                .map(|node_id| {
+                    select
+                        .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
+                            let value = JsonText::from_stored(row.get(0)?);
+                            let provenance = match row.get::<_, Option<String>>(1)? {
+                                None => None,
+                                Some(component_hash) => Some(Provenance {
+                                    component_hash,
+                                    params_hash: row.get(2)?,
+                                    upstream_hash: row.get(3)?,
+                                    attempt: row.get(4)?,
+                                    host: row.get(5)?,
+                                    started_at: row.get(6)?,
+                                    ended_at: row.get(7)?,
+                                }),
+                            };
+                            Ok((value, provenance))
+                        })
+                        .optional()
+                })
+                .collect()
+        })
+    }
+
     fn get_globals_until(
         &self,
         give_up: Instant,

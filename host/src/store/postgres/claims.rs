@@ -38,6 +38,46 @@ const CLAIM: &str = "INSERT INTO contextstore_claims AS c
         AND (c.lease_until < now() OR c.incarnation = excluded.incarnation)
      RETURNING attempt, token";
 
+/// [`CLAIM`] for many nodes in one statement: new claims are inserted;
+/// claims whose lease expired, or that this incarnation holds, are taken,
+/// skipping rows another transaction has locked (a worker claiming them at
+/// this moment) instead of waiting for it. Returns the nodes won.
+const CLAIM_MANY: &str = "WITH wanted AS (
+        SELECT DISTINCT unnest($2::uuid[]) AS node_id
+     ), fresh AS (
+        INSERT INTO contextstore_claims AS c
+            (flow_run_id, node_id, worker, incarnation, lease_until, attempt, token)
+        SELECT $1, node_id, $3, $4, now() + $5::bigint * interval '1 millisecond', 1, 1
+          FROM wanted
+        ON CONFLICT (flow_run_id, node_id) DO NOTHING
+        RETURNING node_id, attempt, token
+     ), free AS (
+        SELECT c.node_id FROM contextstore_claims c
+         WHERE c.flow_run_id = $1 AND c.node_id = ANY($2::uuid[])
+           AND c.finished_at IS NULL
+           AND (c.lease_until < now() OR c.incarnation = $4)
+         FOR UPDATE SKIP LOCKED
+     ), taken AS (
+        UPDATE contextstore_claims c
+           SET worker = $3,
+               incarnation = $4,
+               lease_until = now() + $5::bigint * interval '1 millisecond',
+               attempt = CASE WHEN c.lease_until < now() THEN c.attempt + 1 ELSE c.attempt END,
+               token = CASE WHEN c.lease_until < now() THEN c.token + 1 ELSE c.token END,
+               claimed_at = CASE WHEN c.lease_until < now() THEN now() ELSE c.claimed_at END
+          FROM free
+         WHERE c.flow_run_id = $1 AND c.node_id = free.node_id
+        RETURNING c.node_id, c.attempt, c.token
+     )
+     SELECT node_id, attempt, token FROM fresh
+     UNION ALL
+     SELECT node_id, attempt, token FROM taken";
+
+/// Who holds each of several nodes that could not be claimed.
+const HOLDERS: &str = "SELECT node_id, worker, finished_at IS NOT NULL,
+        ceil(greatest(0, extract(epoch FROM lease_until - now()) * 1000))::bigint
+     FROM contextstore_claims WHERE flow_run_id = $1 AND node_id = ANY($2)";
+
 /// Who holds a node that could not be claimed.
 const HOLDER: &str = "SELECT worker, finished_at IS NOT NULL,
         ceil(greatest(0, extract(epoch FROM lease_until - now()) * 1000))::bigint
@@ -134,6 +174,73 @@ async fn claim(c: &mut Conn, a: &ClaimArgs<'_>) -> Result<Claim, Fault> {
     ))))
 }
 
+struct ClaimManyArgs<'a> {
+    run: FlowRunId,
+    nodes: &'a [NodeId],
+    worker: &'a WorkerId,
+    lease: i64,
+}
+
+async fn claim_many(c: &mut Conn, a: &ClaimManyArgs<'_>) -> Result<Vec<Claim>, Fault> {
+    let run = a.run.as_uuid();
+    let ids: Vec<Uuid> = a.nodes.iter().map(|n| *n.as_uuid()).collect();
+    let statement = c.prepare(CLAIM_MANY).await?;
+    let rows = c
+        .client
+        .query(
+            &statement,
+            &[run, &ids, &a.worker.name, &a.worker.incarnation, &a.lease],
+        )
+        .await?;
+    let mut answers = std::collections::HashMap::with_capacity(ids.len());
+    for row in rows {
+        let node = NodeId::from_uuid(row.try_get(0)?);
+        let won = Claim::Won {
+            attempt: count(row.try_get(1)?),
+            fence: Fence {
+                flow_run_id: a.run,
+                node_id: node,
+                token: row.try_get(2)?,
+            },
+        };
+        answers.insert(node, won);
+    }
+    let rest: Vec<Uuid> = ids
+        .iter()
+        .filter(|id| !answers.contains_key(&NodeId::from_uuid(**id)))
+        .copied()
+        .collect();
+    if !rest.is_empty() {
+        let statement = c.prepare(HOLDERS).await?;
+        for row in c.client.query(&statement, &[run, &rest]).await? {
+            let node = NodeId::from_uuid(row.try_get(0)?);
+            let worker: String = row.try_get(1)?;
+            let answer = if row.try_get::<_, bool>(2)? {
+                Claim::Finished { worker }
+            } else {
+                Claim::Held {
+                    same_name: worker == a.worker.name,
+                    worker,
+                    lease_left: duration(row.try_get(3)?),
+                }
+            };
+            answers.insert(node, answer);
+        }
+    }
+    Ok(a.nodes
+        .iter()
+        .map(|node| {
+            answers.remove(node).unwrap_or_else(|| Claim::Held {
+                // Being claimed by another transaction right now (its row
+                // is not visible yet, or was locked): look again.
+                worker: "another worker".into(),
+                same_name: false,
+                lease_left: Duration::ZERO,
+            })
+        })
+        .collect())
+}
+
 async fn renew(
     c: &mut Conn,
     (run, incarnation, lease): &(FlowRunId, Uuid, i64),
@@ -210,6 +317,26 @@ impl Coordinator for PostgresContextStore {
         };
         self.call(cx, Effect::Write, "claim", &args, |c, a, _: Retry| {
             Box::pin(claim(c, a))
+        })
+        .await
+    }
+
+    async fn claim_many(
+        &self,
+        cx: &CallContext,
+        run: FlowRunId,
+        nodes: &[NodeId],
+        worker: &WorkerId,
+        lease: Duration,
+    ) -> Result<Vec<Claim>, ContextStoreError> {
+        let args = ClaimManyArgs {
+            run,
+            nodes,
+            worker,
+            lease: millis(lease),
+        };
+        self.call(cx, Effect::Write, "claim_many", &args, |c, a, _: Retry| {
+            Box::pin(claim_many(c, a))
         })
         .await
     }

@@ -56,6 +56,10 @@ const GET: &str = "SELECT value FROM contextstore_outputs WHERE flow_run_id = $1
 const GET_MANY: &str = "SELECT node_id, value FROM contextstore_outputs
      WHERE flow_run_id = $1 AND node_id = ANY($2)";
 
+const GET_MANY_WITH_PROVENANCE: &str = "SELECT node_id, value, component_hash, params_hash,
+        upstream_hash, attempt, host, started_at, ended_at
+     FROM contextstore_outputs WHERE flow_run_id = $1 AND node_id = ANY($2)";
+
 const LIST_KEYS: &str = "SELECT node_id FROM contextstore_outputs WHERE flow_run_id = $1";
 
 const PROVENANCE: &str = "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
@@ -233,6 +237,24 @@ pub(super) async fn get_many(
         found.insert(id, JsonText::from_stored(row.try_get(1)?));
     }
     Ok(ids.iter().map(|id| found.get(id).cloned()).collect())
+}
+
+/// Reads the outputs of several nodes of one run with their provenance,
+/// in one query, in the order asked.
+pub(super) async fn get_many_with_provenance(
+    c: &mut Conn,
+    (run, nodes): &(FlowRunId, &[NodeId]),
+) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, Fault> {
+    let statement = c.prepare(GET_MANY_WITH_PROVENANCE).await?;
+    let ids: Vec<Uuid> = nodes.iter().map(|n| *n.as_uuid()).collect();
+    let rows = c.client.query(&statement, &[run.as_uuid(), &ids]).await?;
+    let mut found = std::collections::HashMap::with_capacity(rows.len());
+    for row in rows {
+        let id: Uuid = row.try_get(0)?;
+        let value = JsonText::from_stored(row.try_get(1)?);
+        found.insert(id, (value, provenance_at(&row, 2)?));
+    }
+    Ok(ids.iter().map(|id| found.remove(id)).collect())
 }
 
 /// Lists a run's nodes with outputs.

@@ -85,6 +85,19 @@ impl AsyncContextStore for SqliteContextStore {
         )
     }
 
+    async fn get_many_with_provenance(
+        &self,
+        cx: &CallContext,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+        self.get_many_with_provenance_until(
+            cx.give_up(self.options.busy_deadline),
+            flow_run_id,
+            node_ids,
+        )
+    }
+
     async fn get_globals(
         &self,
         cx: &CallContext,
