@@ -168,9 +168,6 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Durable single-row commits per second of one SQLite connection.
 fn sqlite_commits(path: &Path) -> f64 {
-    if std::env::var("NOBASE").is_ok() {
-        return 1.0;
-    }
     let _ = std::fs::remove_file(path);
     let conn = rusqlite::Connection::open(path).expect("open");
     conn.execute_batch(
@@ -201,18 +198,7 @@ fn sqlite(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
     for round in 0..ROUNDS {
         let before = sqlite_commits(&baseline_file);
         let store: Arc<dyn ContextStore> = Arc::new(
-            SqliteContextStore::open_with(
-                dir.join(format!("flow{round}.db")),
-                contextstore::SqliteOptions {
-                    durability: if std::env::var("NORMAL").is_ok() {
-                        contextstore::Durability::Normal
-                    } else {
-                        contextstore::Durability::Full
-                    },
-                    ..Default::default()
-                },
-            )
-            .expect("store opens"),
+            SqliteContextStore::open(dir.join(format!("flow{round}.db"))).expect("store opens"),
         );
         let elapsed = run_flow(runtime, &store, &flow, FlowRunId::new(), "bench");
         let after = sqlite_commits(&baseline_file);
