@@ -31,6 +31,7 @@
 //!   example steps (each writes one small output after reading its
 //!   upstreams), in-memory store, default pooling allocator, p50 and p99.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -222,8 +223,9 @@ fn sqlite(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
     });
 }
 
-/// Single-row commits per second of `clients` connections at once.
-fn postgres_commits(url: &str, clients: usize) -> f64 {
+/// Single-row commits per second of `clients` connections at once, and the
+/// server's CPU time per commit.
+fn postgres_commits(url: &str, clients: usize) -> (f64, Duration) {
     let mut setup = postgres::Client::connect(url, postgres::NoTls).expect("connect");
     setup
         .batch_execute(
@@ -231,20 +233,26 @@ fn postgres_commits(url: &str, clients: usize) -> f64 {
              CREATE TABLE bench_commits (id bigserial PRIMARY KEY, value text NOT NULL)",
         )
         .expect("set up");
+    let mut connections: Vec<_> = (0..clients)
+        .map(|_| {
+            let mut client = postgres::Client::connect(url, postgres::NoTls).expect("connect");
+            let insert = client
+                .prepare("INSERT INTO bench_commits (value) VALUES ($1)")
+                .expect("prepare");
+            (client, insert)
+        })
+        .collect();
+    let (_, server_before) = cpu_times();
     let started = Instant::now();
     let commits: usize = std::thread::scope(|scope| {
-        let threads: Vec<_> = (0..clients)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut client =
-                        postgres::Client::connect(url, postgres::NoTls).expect("connect");
-                    let insert = client
-                        .prepare("INSERT INTO bench_commits (value) VALUES ($1)")
-                        .expect("prepare");
+        let threads: Vec<_> = connections
+            .iter_mut()
+            .map(|(client, insert)| {
+                scope.spawn(move || {
                     let mut commits = 0;
                     while started.elapsed() < BASELINE {
                         client
-                            .execute(&insert, &[&"{\"ok\":true}"])
+                            .execute(&*insert, &[&"{\"ok\":true}"])
                             .expect("insert");
                         commits += 1;
                     }
@@ -254,24 +262,99 @@ fn postgres_commits(url: &str, clients: usize) -> f64 {
             .collect();
         threads.into_iter().map(|t| t.join().expect("client")).sum()
     });
-    per_second(commits, started.elapsed())
+    let elapsed = started.elapsed();
+    let (_, server_after) = cpu_times();
+    let per_commit = server_cpu(&server_before, &server_after) / commits.max(1) as u32;
+    (per_second(commits, elapsed), per_commit)
 }
 
-/// Runs `flow` once with one worker for each of `stores`, sharing one run;
-/// returns how long until the last one finished.
+/// CPU time used so far by this process, and by each `postgres` process
+/// (the server's), by pid, from `/proc`.
+fn cpu_times() -> (Duration, HashMap<u32, Duration>) {
+    // SAFETY: sysconf only reads a system constant.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    let of = |stat: &str| -> Option<Duration> {
+        // The fields after the command name, which is in parentheses.
+        let rest = &stat[stat.rfind(')')? + 2..];
+        let fields: Vec<&str> = rest.split(' ').collect();
+        let user: f64 = fields.get(11)?.parse().ok()?;
+        let system: f64 = fields.get(12)?.parse().ok()?;
+        Some(Duration::from_secs_f64((user + system) / ticks))
+    };
+    let own = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|s| of(&s))
+        .unwrap_or_default();
+    let mut server = HashMap::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        if stat.contains("(postgres)") {
+            server.insert(pid, of(&stat).unwrap_or_default());
+        }
+    }
+    (own, server)
+}
+
+/// The server's CPU time between two readings of [`cpu_times`]: each
+/// process's growth (a process started since counts from zero; one that
+/// ended is left out).
+fn server_cpu(before: &HashMap<u32, Duration>, after: &HashMap<u32, Duration>) -> Duration {
+    after
+        .iter()
+        .map(|(pid, cpu)| cpu.saturating_sub(before.get(pid).copied().unwrap_or_default()))
+        .sum()
+}
+
+/// One flow over PostgreSQL: wall time, and CPU time of this process and
+/// of the server.
+struct Measured {
+    elapsed: Duration,
+    client_cpu: Duration,
+    server_cpu: Duration,
+}
+
+/// Runs `flow` once with one worker for each of `stores`, sharing one run:
+/// how long until the last one finished, and the CPU it took.
 fn postgres_flow(
     runtime: &Runtime,
     stores: &[Arc<dyn ContextStore>],
     flow: &flow::Flow,
-) -> Duration {
+) -> Measured {
     let run = FlowRunId::new();
+    let (client, server) = cpu_times();
     let started = Instant::now();
     std::thread::scope(|scope| {
         for (w, store) in stores.iter().enumerate() {
             scope.spawn(move || run_flow(runtime, store, flow, run, &format!("bench-{w}")));
         }
     });
-    started.elapsed()
+    let elapsed = started.elapsed();
+    let (client_after, server_after) = cpu_times();
+    Measured {
+        elapsed,
+        client_cpu: client_after.saturating_sub(client),
+        server_cpu: server_cpu(&server, &server_after),
+    }
+}
+
+/// CPU per node of the worker process(es) and the server, and the share of
+/// the machine's cores they kept busy.
+fn cpu_note(m: &Measured) -> String {
+    let per_node = |d: Duration| d.as_secs_f64() * 1e6 / POSTGRES_NODES as f64;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let busy =
+        (m.client_cpu + m.server_cpu).as_secs_f64() / (m.elapsed.as_secs_f64() * cores as f64);
+    format!(
+        "CPU/node: worker(s) {:.0} µs, server {:.0} µs; {:.0}% of {cores} cores busy",
+        per_node(m.client_cpu),
+        per_node(m.server_cpu),
+        busy * 100.0
+    )
 }
 
 fn postgres(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
@@ -288,11 +371,16 @@ fn postgres(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
     postgres_flow(runtime, &stores, &flow);
     let (mut raws, mut ones, mut twos) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..ROUNDS {
-        let raw = postgres_commits(&url, JOBS);
-        let one = per_second(POSTGRES_NODES, postgres_flow(runtime, &stores[..1], &flow));
-        let two = per_second(POSTGRES_NODES, postgres_flow(runtime, &stores, &flow));
+        let (raw, raw_cpu) = postgres_commits(&url, JOBS);
+        let one_run = postgres_flow(runtime, &stores[..1], &flow);
+        let two_run = postgres_flow(runtime, &stores, &flow);
+        let one = per_second(POSTGRES_NODES, one_run.elapsed);
+        let two = per_second(POSTGRES_NODES, two_run.elapsed);
         eprintln!(
-            "postgres round {round}: {raw:.0} commits/s ({JOBS} clients); 1 worker {one:.0} nodes/s, 2 workers {two:.0} nodes/s"
+            "postgres round {round}: {raw:.0} commits/s ({JOBS} clients, server CPU/commit {:.0} µs); 1 worker {one:.0} nodes/s ({}), 2 workers {two:.0} nodes/s ({})",
+            raw_cpu.as_secs_f64() * 1e6,
+            cpu_note(&one_run),
+            cpu_note(&two_run)
         );
         raws.push(raw);
         ones.push(one);

@@ -27,6 +27,9 @@
 //! - `two_live_workers_of_one_name_are_told_apart`: a second live process
 //!   given a worker's name warns, and the two split the run without
 //!   sharing a claim.
+//! - `a_batch_claimed_by_a_killed_worker_is_taken_over_whole`: a worker that
+//!   claimed several nodes in one batch is SIGKILLed; another takes every
+//!   node of the batch over after the lease and finishes the run.
 //! - `a_step_working_on_after_its_output_is_not_stopped`: a step whose put
 //!   finished its claim, still working past a renewal, is not stopped.
 //!
@@ -659,6 +662,108 @@ fn worker_restarted_under_its_own_name_finishes() {
     );
 }
 
+/// A worker claims ready nodes in batches: with `--jobs 3` and steps it
+/// does not yet know to be short, one statement claims three nodes (and no
+/// more: it would not start them). Killed mid-step, it leaves the whole
+/// batch claimed: another worker takes every node of the batch over once
+/// the lease has expired (attempt 2), runs the nodes nobody held at once
+/// (attempt 1), and the run ends with one output a node.
+#[test]
+fn a_batch_claimed_by_a_killed_worker_is_taken_over_whole() {
+    let Scene {
+        _server,
+        dir,
+        cache,
+        db,
+        store,
+    } = Scene::new();
+    const STEP_MS: u64 = 3_000;
+    const NODES: usize = 8;
+    let nodes: Vec<Node> = (0..NODES)
+        .map(|i| node(&format!("b{i}"), json!({"sleep_ms": STEP_MS}), &[]))
+        .collect();
+    let flow = write_slow_flow(dir.path(), "batch", &nodes);
+    let run = FlowRunId::new();
+    const JOBS: usize = 3;
+    let mut first = Worker::start(&flow, &db, run, "w1", JOBS, &cache);
+    first.wait_for("a claim", Duration::from_secs(60), |e| {
+        e["event"] == "claimed"
+    });
+    // The rest of the batch is claimed by the same statement.
+    std::thread::sleep(Duration::from_millis(300));
+    first.drain();
+    let batch: BTreeSet<String> = first
+        .events_of("claimed")
+        .map(|e| e["node"].as_str().unwrap_or("?").to_owned())
+        .collect();
+    assert_eq!(
+        batch.len(),
+        JOBS,
+        "w1 (--jobs {JOBS}) claimed {batch:?}: not one batch of its job slots"
+    );
+    let tokens: BTreeSet<u64> = first
+        .events_of("claimed")
+        .map(|e| e["attempt"].as_u64().unwrap_or(0))
+        .collect();
+    assert_eq!(tokens, BTreeSet::from([1]), "first claims");
+    for name in &batch {
+        assert!(
+            first.done(name).is_none(),
+            "w1 finished {name} before it was killed"
+        );
+    }
+    first.kill();
+    let killed = Instant::now();
+
+    let mut second = Worker::start(&flow, &db, run, "w2", NODES, &cache);
+    let bound = Duration::from_secs(2 * LEASE_SECS)
+        + Duration::from_millis(STEP_MS) * 2
+        + Duration::from_secs(10);
+    let (status, stderr) = second.finish(bound);
+    let took = killed.elapsed();
+    assert!(status.success(), "w2 failed: {stderr}");
+    let attempts: std::collections::BTreeMap<String, u64> = second
+        .events_of("claimed")
+        .map(|e| {
+            (
+                e["node"].as_str().unwrap_or("?").to_owned(),
+                e["attempt"].as_u64().unwrap_or(0),
+            )
+        })
+        .collect();
+    for n in &nodes {
+        let attempt = attempts.get(&n.name).copied();
+        if batch.contains(&n.name) {
+            assert_eq!(
+                attempt,
+                Some(2),
+                "{}: w1's claim was not taken over: {attempts:?}",
+                n.name
+            );
+        } else {
+            assert_eq!(attempt, Some(1), "{}: {attempts:?}", n.name);
+        }
+    }
+    let keys: BTreeSet<NodeId> = store.list_keys(run).unwrap().into_iter().collect();
+    let expected: BTreeSet<NodeId> = nodes.iter().map(|n| id_of("batch", &n.name)).collect();
+    assert_eq!(keys, expected, "every node has one output");
+    for n in &nodes {
+        let stored = store
+            .get(run, id_of("batch", &n.name))
+            .unwrap()
+            .expect("output");
+        let acked = second.done(&n.name).expect("w2 reports every node done");
+        assert_eq!(acked, &stored, "node {}", n.name);
+    }
+    eprintln!(
+        "fault killed_batch: w1 (--jobs {JOBS}) claimed {} nodes in one batch and was killed; \
+         w2 took all of them over (attempt 2) and ran the other {}; done {took:.1?} after the kill \
+         ({LEASE_SECS} s leases, {STEP_MS} ms steps)",
+        batch.len(),
+        NODES - batch.len()
+    );
+}
+
 // ---------------------------------------------------------------------------
 // c. The database server restarts mid-run
 
@@ -1212,7 +1317,8 @@ fn two_live_workers_of_one_name_are_told_apart() {
         .collect();
     let flow = write_slow_flow(dir.path(), "twins", &nodes);
     let run = FlowRunId::new();
-    let mut first = Worker::start(&flow, &db, run, "w1", 1, &cache);
+    const JOBS: usize = 3;
+    let mut first = Worker::start(&flow, &db, run, "w1", JOBS, &cache);
     first.wait_for("claim", Duration::from_secs(60), |e| {
         e["event"] == "claimed"
     });

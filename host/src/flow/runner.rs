@@ -212,6 +212,10 @@ enum Attempt {
     Later(Duration),
 }
 
+/// A step shorter than this lets a worker claim ahead of its job slots
+/// (see `Worker::claim_room`).
+const SHORT_STEP: Duration = Duration::from_millis(50);
+
 /// How many times in a row a node's bookkeeping may fail for a passing
 /// reason (a database restarting) before the node fails with that error.
 const MAX_STORE_RETRIES: u32 = 20;
@@ -296,6 +300,7 @@ pub fn run(
         failed: Mutex::new(failed),
         held_looks: Mutex::new(vec![0; flow.nodes.len()]),
         stored_at_start,
+        recent_step: Mutex::new(Duration::MAX),
         threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
         slots: JobSlots::new(options.jobs.max(1)),
@@ -379,6 +384,9 @@ struct Worker<'a> {
     threads: usize,
     /// For each node, whether its output was stored when the run started.
     stored_at_start: Vec<bool>,
+    /// How long steps take, as a moving average of the steps this worker
+    /// ran (unknown at first: taken as long).
+    recent_step: Mutex<Duration>,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
 }
@@ -463,6 +471,28 @@ impl Worker<'_> {
         }
     }
 
+    /// How many nodes to claim now on a shared run (0: none yet). A worker
+    /// holds at most as many unfinished nodes as it has job slots, so that
+    /// it never keeps from other workers nodes it would only start later;
+    /// while its steps are short (a recent step took under [`SHORT_STEP`])
+    /// also as many more as its other threads and half as many again, to be
+    /// claimed in batches of at least half its threads while work is queued:
+    /// one statement claims several nodes, and their writes share commits.
+    fn claim_room(&self, b: &Board) -> usize {
+        let jobs = self.options.jobs.max(1);
+        let short = *lock(&self.recent_step) < SHORT_STEP;
+        if !short {
+            return jobs.saturating_sub(b.running);
+        }
+        let most = self.threads + self.threads.div_ceil(2);
+        let room = most.saturating_sub(b.running);
+        if room < self.threads.div_ceil(2) && !b.won.is_empty() {
+            // Work is queued: wait until a batch's worth is free.
+            return 0;
+        }
+        room
+    }
+
     /// The outputs of node `i`'s upstreams that are done on the board (the
     /// runtime does not read them again).
     fn known_upstreams(&self, board: &Mutex<Board>, i: usize) -> Known {
@@ -494,22 +524,29 @@ impl Worker<'_> {
                 return Some(Task::Run(i, won));
             }
             let now = Instant::now();
-            let room = self.threads.saturating_sub(b.running).max(1);
+            let room = match self.leases {
+                None => 1,
+                Some(_) => {
+                    let room = self.claim_room(&b);
+                    if room == 0 {
+                        b = wake
+                            .wait_timeout(b, Duration::from_secs(1))
+                            .unwrap_or_else(PoisonError::into_inner)
+                            .0;
+                        continue;
+                    }
+                    room
+                }
+            };
             let mut batch = Vec::new();
             while batch.len() < room {
                 let Some(i) = b.ready.pop_front() else { break };
                 batch.push(i);
-                if self.leases.is_none() {
-                    break;
-                }
             }
             let mut pos = 0;
             while batch.len() < room && pos < b.deferred.len() {
                 if b.deferred[pos].1 <= now {
                     batch.push(b.deferred.swap_remove(pos).0);
-                    if self.leases.is_none() {
-                        break;
-                    }
                 } else {
                     pos += 1;
                 }
@@ -991,6 +1028,13 @@ impl Worker<'_> {
             )
             .run_controlled(&invocation, &control);
         let elapsed = started.elapsed();
+        {
+            let mut recent = lock(&self.recent_step);
+            *recent = match *recent {
+                Duration::MAX => elapsed,
+                before => (before * 3 + elapsed) / 4,
+            };
+        }
         match result {
             Ok(outcome) => {
                 let warning = match (&outcome.warning, outcome.status) {
