@@ -8,6 +8,13 @@
 // copies the source alone into a scratch directory first. Every engine
 // feature that needs WASI (stdio, random, clocks, http, fetch-event) is off,
 // so the component imports only the store.
+//
+// It also makes the generated bindings lean (see `leanBindings`): the
+// componentize-js 0.22.0 bindings run every export as an `async` function
+// and wrap every export and import call in jco's component-model task
+// machinery (task objects, promises, awaits), which the `step` world, all
+// synchronous functions, never needs. That machinery was most of a step's
+// run time.
 import { writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
@@ -18,6 +25,99 @@ if (!source || !wit || !out) {
   console.error('usage: node componentize.mjs SOURCE.js WIT_DIR OUT.wasm');
   process.exit(2);
 }
+
+// componentize() takes the bindings from this module's `splicer` object (one
+// module instance per URL, so this is the very object it calls); wrapping
+// `spliceBindings` is the one place to rewrite the bindings before the
+// engine is pre-initialized with them.
+const { splicer } = await import(
+  new URL('../lib/spidermonkey-embedding-splicer.js', import.meta.resolve('@bytecodealliance/componentize-js'))
+);
+const spliceBindings = splicer.spliceBindings;
+splicer.spliceBindings = (...args) => {
+  const spliced = spliceBindings.apply(splicer, args);
+  return { ...spliced, jsBindings: leanBindings(spliced.jsBindings, spliced.exports, spliced.imports) };
+};
+
+/** Replaces the one match of `pattern` in `text` (or `count` matches, with a /g pattern). */
+function replaceChecked(text, pattern, replacement, count, what) {
+  let n = 0;
+  const result = text.replace(pattern, (...m) => {
+    n += 1;
+    return typeof replacement === 'function' ? replacement(...m) : replacement;
+  });
+  if (n !== count) {
+    throw new Error(
+      `componentize.mjs: ${what}: found ${n} of ${count} in the componentize-js bindings; ` +
+        'the bindings generator changed, update leanBindings to match',
+    );
+  }
+  return result;
+}
+
+/**
+ * The bindings componentize-js generated, without jco's task machinery:
+ *
+ * - an import call is the core call, lifted and lowered as generated, with
+ *   no task object around it;
+ * - an export is a plain function: it calls the step, lowers the result and
+ *   returns a promise the engine finds already settled (the engine requires
+ *   a promise and drives its event loop until it settles). If the exported
+ *   function returns a promise (an `async` export), the result is lowered
+ *   when it settles, as before;
+ * - UTF-8 encoding no longer counts code points nobody reads;
+ * - `_debugLog`, a no-op without `process.env.JCO_DEBUG` (which the engine
+ *   does not have), is not called on the call paths.
+ *
+ * Every rewrite checks that it matched exactly where it should, so a
+ * different generator output fails the build instead of building something
+ * else.
+ */
+function leanBindings(js, exports, imports) {
+  // Imports: drop the task around the core call.
+  js = replaceChecked(
+    js,
+    / {2}_debugLog\('\[Instruction::CallWasm\] enter', \{[^}]*\}\);\n {2}const hostProvided = false;\n\s*const \[task, _wasm_call_currentTaskID\] = createNewCurrentTask\(\{[^}]*\}\);\n\s*const started = task\.enterSync\(\);\n\s*if \(null!== null\) \{[^}]*\}\n\s*let ret;\n\s*try \{\n\s*ret = +_withGlobalCurrentTaskMeta\(\{\n\s*taskID: task\.id\(\),\n\s*componentIdx: task\.componentIdx\(\),\n\s*fn: \(\) => (\$import_[\w$]+\([^)]*\)),\n\s*\}\);\n\s*\} catch \(err\) \{[^}]*\}\n/g,
+    (_, call) => `  const ret = ${call};\n`,
+    imports.length,
+    'import call tasks',
+  );
+  js = replaceChecked(
+    js,
+    / {2}_debugLog\('\[Instruction::Return\]', \{[^}]*\}\);\n {2}const retCopy = (variant\d+);\n {2}task\.resolve\(\[retCopy\.val\]\);\n {2}task\.exit\(\);\n/g,
+    (_, variant) => `  const retCopy = ${variant};\n`,
+    imports.length,
+    'import return tasks',
+  );
+  // Exports: synchronous, with the result lowered in place.
+  js = replaceChecked(
+    js,
+    /async function (export_[\w$]+)\(([^)]*)\) \{\n([\s\S]*?) {2}_debugLog\(' \[Instruction::CallInterface\] \(sync, @ enter\)'\);\n[\s\S]*? {2}const started = await task\.enter\(\{ isHost: hostProvided \}\);\n[\s\S]*? {2}let ret;\n {2}try \{\n {4}ret = \{ tag: 'ok', val: await {2}_withGlobalCurrentTaskMetaAsync\(\{\n {6}componentIdx: task\.componentIdx\(\),\n {6}taskID: task\.id\(\),\n {6}fn: \(\) => ([\s\S]*?),\n {4}\}\)\n {2}\};\n\} catch \(e\) \{\n {2}ret = \{ tag: 'err', val: getErrorPayload\(e\) \};\n\}\n([\s\S]*?)_debugLog\('\[Instruction::Return\]', \{[^}]*\}\);\ntask\.resolve\(\[ret\]\);\ntask\.exit\(\);\n\}\n/g,
+    (_, name, params, lift, call, lower) =>
+      `function ${name}(${params}) {\n${lift}` +
+      `  const __lower = (ret) => {\n${lower}  };\n` +
+      `  let ret;\n` +
+      `  try {\n    ret = ${call};\n  } catch (e) {\n` +
+      `    __lower({ tag: 'err', val: getErrorPayload(e) });\n    return __SETTLED;\n  }\n` +
+      `  if (ret !== null && (typeof ret === 'object' || typeof ret === 'function') && typeof ret.then === 'function') {\n` +
+      `    return Promise.resolve(ret).then(\n` +
+      `      (val) => { __lower({ tag: 'ok', val }); },\n` +
+      `      (e) => { __lower({ tag: 'err', val: getErrorPayload(e) }); },\n    );\n  }\n` +
+      `  __lower({ tag: 'ok', val: ret });\n  return __SETTLED;\n}\n`,
+    exports.length,
+    'export tasks',
+  );
+  js = replaceChecked(
+    js,
+    'const res = { ptr, len: buf.length, codepoints: [...s].length };',
+    'const res = { ptr, len: buf.length };',
+    1,
+    'code point count',
+  );
+  // The promise every synchronous export returns.
+  return `const __SETTLED = Promise.resolve();\n${js}`;
+}
+
 const sourcePath = resolve(source);
 const witPath = resolve(wit);
 const outPath = resolve(out);

@@ -35,6 +35,9 @@
 
 import * as wit from 'worldinterface:contextstore/store@0.1.0';
 
+// The store the calls below go to: the bindings, except while `warmUp` runs.
+let store = wit;
+
 /** A store call failed. `kind` is the WIT `error` case, `payload` the binding's `{ tag, val }`. */
 export class StoreError extends Error {
   constructor(payload) {
@@ -121,17 +124,17 @@ function decode(text) {
 }
 
 /** Writes a node's output as JSON text (write-once: 'already-exists'). */
-export const putText = (flowRunId, nodeId, text) => call(wit.put, flowRunId, nodeId, text);
+export const putText = (flowRunId, nodeId, text) => call(store.put, flowRunId, nodeId, text);
 /** A node's output as the exact text written; `undefined` if not written. */
-export const getText = (flowRunId, nodeId) => call(wit.get, flowRunId, nodeId);
+export const getText = (flowRunId, nodeId) => call(store.get, flowRunId, nodeId);
 /** The node ids with an output in `flowRunId`, in no set order. */
-export const listKeys = (flowRunId) => call(wit.listKeys, flowRunId);
+export const listKeys = (flowRunId) => call(store.listKeys, flowRunId);
 /** Writes a global as JSON text (write-once: 'global-already-exists'). */
-export const putGlobalText = (key, text) => call(wit.putGlobal, key, text);
+export const putGlobalText = (key, text) => call(store.putGlobal, key, text);
 /** Writes or overwrites a global as JSON text. */
-export const upsertGlobalText = (key, text) => call(wit.upsertGlobal, key, text);
+export const upsertGlobalText = (key, text) => call(store.upsertGlobal, key, text);
 /** A global as the exact text written; `undefined` if not written. */
-export const getGlobalText = (key) => call(wit.getGlobal, key);
+export const getGlobalText = (key) => call(store.getGlobal, key);
 
 /** Writes a node's output (write-once: 'already-exists'). */
 export const put = (flowRunId, nodeId, value) => putText(flowRunId, nodeId, encode(value));
@@ -234,3 +237,62 @@ export function exportStep(step) {
     }
   };
 }
+
+// Runs the SDK once over a fake store when the module loads. In a component
+// the module loads when the component is built (the engine is snapshotted
+// after it), so everything a step's run goes through is compiled and set up
+// in the snapshot: SpiderMonkey compiles a function's bytecode on its first
+// call and creates standard objects such as `JSON` when first used, and a
+// step starts from the snapshot every time. No store call is made.
+function warmUp() {
+  const run = '00000000-0000-4000-8000-000000000000';
+  const text = '{"a":[1,2.5,"b",true,null],"b":{"c":"d"}}';
+  store = {
+    put() {},
+    get: () => text,
+    listKeys: () => [run],
+    putGlobal() {},
+    upsertGlobal() {},
+    getGlobal: () => undefined,
+  };
+  try {
+    const invocation = { flowRunId: run, nodeId: run, params: text, upstream: [{ name: 'u', nodeId: run }] };
+    exportStep((ctx) => {
+      ctx.params({});
+      ctx.upstreamId('u');
+      const value = ctx.upstream('u');
+      ctx.output({ s: `${value.a.length} items`, a: value.a, n: 1 });
+    })(invocation);
+    get(run, run);
+    listKeys(run);
+    putGlobal('k', 1);
+    upsertGlobal('k', 2);
+    getGlobal('k');
+    const errors = [
+      { payload: { tag: 'storage', val: 'x' } },
+      new InvalidParams('x'),
+      new MissingUpstream('x'),
+      new EncodeError('x'),
+      new TypeError('x'),
+    ];
+    for (const error of errors) {
+      try {
+        exportStep(() => {
+          throw error;
+        })(invocation);
+      } catch {
+        // a StepFailure, as the host would get it
+      }
+    }
+    store = { ...store, get: () => { throw errors[0]; } };
+    try {
+      get(run, run);
+    } catch {
+      // a StoreError
+    }
+  } finally {
+    store = wit;
+  }
+}
+
+warmUp();

@@ -34,7 +34,9 @@ use std::time::Duration;
 
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
+use crate::json::JsonText;
 pub use crate::store::call::{CallContext, Fence};
+use crate::store::Provenance;
 
 /// One worker process: the name it was given and its incarnation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -89,7 +91,21 @@ pub enum Claim {
     Finished {
         /// The worker that finished it.
         worker: String,
+        /// The node's output with its provenance, when the claim call read
+        /// it with its answer ([`claim_many`](Coordinator::claim_many) over
+        /// PostgreSQL does: one round trip tells a worker what another
+        /// finished); `None` otherwise.
+        stored: Option<Box<Stored>>,
     },
+}
+
+/// A stored output with its provenance (`None` for one stored without).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The output as written.
+    pub value: JsonText,
+    /// Where it came from.
+    pub provenance: Option<Provenance>,
 }
 
 /// Where one node's claim stands, for `flow status`.

@@ -29,7 +29,7 @@ use crate::json::JsonText;
 use super::lease::{LeaseOptions, Leases};
 use super::resume::{check_unchanged, compare};
 use super::{Flow, FlowError, FlowNode, journal};
-use crate::coord::{Claim, Fence};
+use crate::coord::{Claim, Fence, Stored};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::runtime::{RunControl, Runtime, StepComponent, StepError, StepStatus, StopSignal};
@@ -192,6 +192,14 @@ struct Won {
     stop: StopSignal,
 }
 
+/// What a claim's answer leaves to do for a node not won.
+enum Look {
+    /// Finished elsewhere (with the output, if the answer brought it).
+    Finished(Option<Box<Stored>>),
+    /// Held elsewhere: look again after this long.
+    Later(Duration),
+}
+
 /// What a worker thread does next.
 enum Task {
     /// Run node `i` (or find it done): a store without coordination.
@@ -301,6 +309,7 @@ pub fn run(
         held_looks: Mutex::new(vec![0; flow.nodes.len()]),
         stored_at_start,
         recent_step: Mutex::new(Duration::MAX),
+        spread: Spread::new(leases.as_ref().map_or(0, |l| l.worker.incarnation.as_u128() as u64)),
         threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
         slots: JobSlots::new(options.jobs.max(1)),
@@ -387,6 +396,8 @@ struct Worker<'a> {
     /// How long steps take, as a moving average of the steps this worker
     /// ran (unknown at first: taken as long).
     recent_step: Mutex<Duration>,
+    /// Where this worker starts taking ready nodes for a batch.
+    spread: Spread,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
 }
@@ -539,6 +550,14 @@ impl Worker<'_> {
                 }
             };
             let mut batch = Vec::new();
+            if self.leases.is_some() && b.ready.len() > room {
+                // Workers sharing a run see the same ready nodes: each
+                // claims a stretch starting at a point of its own, so that
+                // their batches seldom meet (a node another worker just
+                // claimed costs a look again later).
+                let start = self.spread.next(b.ready.len());
+                b.ready.rotate_left(start);
+            }
             while batch.len() < room {
                 let Some(i) = b.ready.pop_front() else { break };
                 batch.push(i);
@@ -676,10 +695,10 @@ impl Worker<'_> {
                         others.push((i, won));
                     }
                 }
-                Claim::Finished { .. } => looks.push((i, None)),
+                Claim::Finished { stored, .. } => looks.push((i, Look::Finished(stored))),
                 Claim::Held { lease_left, .. } => {
                     self.store_ok(i);
-                    looks.push((i, Some(self.held_poll(i, leases, lease_left))));
+                    looks.push((i, Look::Later(self.held_poll(i, leases, lease_left))));
                 }
             }
         }
@@ -691,10 +710,18 @@ impl Worker<'_> {
             self.one(board, wake, i, |known| self.run_claimed(i, won, known));
         }
         let mut finished = Vec::new();
-        for (i, poll) in looks {
-            match poll {
-                None => finished.push(i),
-                Some(after) => self.one(board, wake, i, |_| Attempt::Later(after)),
+        for (i, look) in looks {
+            match look {
+                // The claim's answer brought the output: no read needed
+                // (but a resumed node's journal, for its warning).
+                Look::Finished(Some(stored)) if !self.stored_at_start[i] => {
+                    let Stored { value, provenance } = *stored;
+                    self.one(board, wake, i, |_| {
+                        self.take_found(i, value, provenance, None)
+                    });
+                }
+                Look::Finished(_) => finished.push(i),
+                Look::Later(after) => self.one(board, wake, i, |_| Attempt::Later(after)),
             }
         }
         self.found_done_many(board, wake, finished);
@@ -710,18 +737,37 @@ impl Worker<'_> {
         }
         let ids: Vec<NodeId> = nodes.iter().map(|&i| self.flow.nodes[i].node_id).collect();
         let cx = self.bookkeeping();
+        // The journal is read for the nodes stored before this worker
+        // started (a resumed run): a node another worker finished during
+        // this run reported its own warning, and `flow status` shows it.
+        let resumed: Vec<NodeId> = nodes
+            .iter()
+            .filter(|&&i| self.stored_at_start[i])
+            .map(|&i| self.flow.nodes[i].node_id)
+            .collect();
         let read = catch_unwind(AssertUnwindSafe(|| {
             let outputs = self.block_on(self.store.get_many_with_provenance(
                 &cx,
                 self.flow_run_id,
                 &ids,
             ))?;
-            let failures = self.block_on(journal::last_failures(
-                self.store.as_ref(),
-                &cx,
-                self.flow_run_id,
-                &ids,
-            ))?;
+            let mut failures: HashMap<NodeId, journal::Failure> = HashMap::new();
+            if !resumed.is_empty() {
+                let read = self.block_on(journal::last_failures(
+                    self.store.as_ref(),
+                    &cx,
+                    self.flow_run_id,
+                    &resumed,
+                ))?;
+                failures.extend(
+                    resumed
+                        .iter()
+                        .zip(read)
+                        .filter_map(|(id, failure)| Some((*id, failure?))),
+                );
+            }
+            let failures: Vec<Option<journal::Failure>> =
+                ids.iter().map(|id| failures.remove(id)).collect();
             Ok::<_, ContextStoreError>((outputs, failures))
         }));
         let Ok(Ok((outputs, failures))) = read else {
@@ -1163,6 +1209,26 @@ impl Worker<'_> {
             stack.extend(&self.dependents[d]);
         }
         blocked
+    }
+}
+
+/// A small pseudo-random sequence (xorshift), seeded per worker: where
+/// each claim batch starts among the ready nodes.
+struct Spread(std::sync::atomic::AtomicU64);
+
+impl Spread {
+    fn new(seed: u64) -> Self {
+        Self(std::sync::atomic::AtomicU64::new(seed | 1))
+    }
+
+    /// A number below `n` (`n` > 0).
+    fn next(&self, n: usize) -> usize {
+        let mut x = self.0.load(Ordering::Relaxed);
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        self.0.store(x, Ordering::Relaxed);
+        (x % n.max(1) as u64) as usize
     }
 }
 

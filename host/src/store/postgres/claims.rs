@@ -16,7 +16,8 @@ use uuid::Uuid;
 use super::PostgresContextStore;
 use super::pool::Conn;
 use super::retry::{Effect, Fault, Retry};
-use crate::coord::{Claim, ClaimRecord, Coordinator, Renewal, WorkerId};
+use crate::coord::{Claim, ClaimRecord, Coordinator, Renewal, Stored, WorkerId};
+use crate::json::JsonText;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::store::{CallContext, Fence};
@@ -73,10 +74,16 @@ const CLAIM_MANY: &str = "WITH wanted AS (
      UNION ALL
      SELECT node_id, attempt, token FROM taken";
 
-/// Who holds each of several nodes that could not be claimed.
-const HOLDERS: &str = "SELECT node_id, worker, finished_at IS NOT NULL,
-        ceil(greatest(0, extract(epoch FROM lease_until - now()) * 1000))::bigint
-     FROM contextstore_claims WHERE flow_run_id = $1 AND node_id = ANY($2)";
+/// Who holds each of several nodes that could not be claimed, with the
+/// output (and provenance) of those finished.
+const HOLDERS: &str = "SELECT c.node_id, c.worker, c.finished_at IS NOT NULL,
+        ceil(greatest(0, extract(epoch FROM c.lease_until - now()) * 1000))::bigint,
+        o.value, o.component_hash, o.params_hash, o.upstream_hash, o.attempt, o.host,
+        o.started_at, o.ended_at
+     FROM contextstore_claims c
+     LEFT JOIN contextstore_outputs o
+       ON c.finished_at IS NOT NULL AND o.flow_run_id = c.flow_run_id AND o.node_id = c.node_id
+     WHERE c.flow_run_id = $1 AND c.node_id = ANY($2)";
 
 /// Who holds a node that could not be claimed.
 const HOLDER: &str = "SELECT worker, finished_at IS NOT NULL,
@@ -157,7 +164,10 @@ async fn claim(c: &mut Conn, a: &ClaimArgs<'_>) -> Result<Claim, Fault> {
         };
         let worker: String = row.try_get(0)?;
         if row.try_get::<_, bool>(1)? {
-            return Ok(Claim::Finished { worker });
+            return Ok(Claim::Finished {
+                worker,
+                stored: None,
+            });
         }
         let left: i64 = row.try_get(2)?;
         if left > 0 {
@@ -216,7 +226,14 @@ async fn claim_many(c: &mut Conn, a: &ClaimManyArgs<'_>) -> Result<Vec<Claim>, F
             let node = NodeId::from_uuid(row.try_get(0)?);
             let worker: String = row.try_get(1)?;
             let answer = if row.try_get::<_, bool>(2)? {
-                Claim::Finished { worker }
+                let stored = match row.try_get::<_, Option<String>>(4)? {
+                    Some(value) => Some(Box::new(Stored {
+                        value: JsonText::from_stored(value),
+                        provenance: super::values::provenance_at(&row, 5)?,
+                    })),
+                    None => None,
+                };
+                Claim::Finished { worker, stored }
             } else {
                 Claim::Held {
                     same_name: worker == a.worker.name,

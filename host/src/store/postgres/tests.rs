@@ -584,7 +584,10 @@ fn claims_lease_expire_and_finish() {
         .unwrap();
     assert_eq!(
         f.claim(run, node, &b, LONG),
-        Claim::Finished { worker: "a".into() }
+        Claim::Finished {
+            worker: "a".into(),
+            stored: None
+        }
     );
     let mut records = f.records(run);
     records.sort_by_key(|r| r.attempt);
@@ -684,7 +687,10 @@ fn stale_tokens_are_fenced_and_change_nothing() {
         .unwrap();
     assert_eq!(
         f.claim(run, node, &a, LONG),
-        Claim::Finished { worker: "b".into() }
+        Claim::Finished {
+            worker: "b".into(),
+            stored: None
+        }
     );
     // A write under no claim behaves as ever.
     f.store.upsert_global("ug", &json!(5)).unwrap();

@@ -188,7 +188,7 @@ async fn same_output(c: &mut Conn, a: &Put<'_>) -> Result<bool, Fault> {
 
 /// The provenance in `row` from column `first` on (`None` if its first
 /// column is NULL).
-fn provenance_at(
+pub(super) fn provenance_at(
     row: &tokio_postgres::Row,
     first: usize,
 ) -> Result<Option<Provenance>, tokio_postgres::Error> {
