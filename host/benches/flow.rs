@@ -27,6 +27,8 @@
 //!   with two jobs writes from two at once). Then the same flow with two
 //!   workers sharing the run (two stores, two worker names, one run id,
 //!   two jobs each), against one worker; medians of three.
+//! - `FLOW_BENCH_PROFILE=1` runs the flows only (no baselines), for a
+//!   profiler: `FLOW_BENCH_PROFILE=1 perf record -g target/release/deps/flow-… --bench sqlite`.
 //! - **Step start**: `Runtime::run` of the Rust, Python and JavaScript
 //!   example steps (each writes one small output after reading its
 //!   upstreams), in-memory store, default pooling allocator, p50 and p99.
@@ -167,8 +169,16 @@ fn median(mut values: Vec<f64>) -> f64 {
     values[values.len() / 2]
 }
 
+/// Whether only the flows run (`FLOW_BENCH_PROFILE`), not their baselines.
+fn profiling() -> bool {
+    std::env::var_os("FLOW_BENCH_PROFILE").is_some()
+}
+
 /// Durable single-row commits per second of one SQLite connection.
 fn sqlite_commits(path: &Path) -> f64 {
+    if profiling() {
+        return f64::NAN;
+    }
     let _ = std::fs::remove_file(path);
     let conn = rusqlite::Connection::open(path).expect("open");
     conn.execute_batch(
@@ -226,6 +236,9 @@ fn sqlite(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
 /// Single-row commits per second of `clients` connections at once, and the
 /// server's CPU time per commit.
 fn postgres_commits(url: &str, clients: usize) -> (f64, Duration) {
+    if profiling() {
+        return (f64::NAN, Duration::ZERO);
+    }
     let mut setup = postgres::Client::connect(url, postgres::NoTls).expect("connect");
     setup
         .batch_execute(

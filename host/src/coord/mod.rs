@@ -35,8 +35,8 @@ use std::time::Duration;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
-pub use crate::store::call::{CallContext, Fence};
 use crate::store::Provenance;
+pub use crate::store::call::{CallContext, Fence};
 
 /// One worker process: the name it was given and its incarnation.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -309,7 +309,11 @@ pub fn run(
         held_looks: Mutex::new(vec![0; flow.nodes.len()]),
         stored_at_start,
         recent_step: Mutex::new(Duration::MAX),
-        spread: Spread::new(leases.as_ref().map_or(0, |l| l.worker.incarnation.as_u128() as u64)),
+        spread: Spread::new(
+            leases
+                .as_ref()
+                .map_or(0, |l| l.worker.incarnation.as_u128() as u64),
+        ),
         threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
         slots: JobSlots::new(options.jobs.max(1)),

@@ -17,9 +17,9 @@ use super::PostgresContextStore;
 use super::pool::Conn;
 use super::retry::{Effect, Fault, Retry};
 use crate::coord::{Claim, ClaimRecord, Coordinator, Renewal, Stored, WorkerId};
-use crate::json::JsonText;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
+use crate::json::JsonText;
 use crate::store::{CallContext, Fence};
 
 /// Wins a new claim; takes over an unfinished one whose lease expired
