@@ -34,8 +34,7 @@ use std::time::Duration;
 
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
-use crate::json::JsonText;
-use crate::store::Provenance;
+pub use crate::store::Stored;
 pub use crate::store::call::{CallContext, Fence};
 
 /// One worker process: the name it was given and its incarnation.
@@ -97,15 +96,6 @@ pub enum Claim {
         /// finished); `None` otherwise.
         stored: Option<Box<Stored>>,
     },
-}
-
-/// A stored output with its provenance (`None` for one stored without).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Stored {
-    /// The output as written.
-    pub value: JsonText,
-    /// Where it came from.
-    pub provenance: Option<Provenance>,
 }
 
 /// Where one node's claim stands, for `flow status`.

@@ -783,7 +783,9 @@ impl Worker<'_> {
         };
         for ((i, output), failure) in nodes.into_iter().zip(outputs).zip(failures) {
             self.one(board, wake, i, |known| match output {
-                Some((output, provenance)) => self.take_found(i, output, provenance, failure),
+                Some(Stored { value, provenance }) => {
+                    self.take_found(i, value, provenance, failure)
+                }
                 // Finished, yet not found: look the usual way.
                 None => self.found_done(i, known),
             });

@@ -20,7 +20,7 @@ use crate::coord::Coordinator;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
-use crate::store::{CallContext, ContextStore, Provenance};
+use crate::store::{CallContext, ContextStore, Provenance, Stored};
 
 /// The store's calls, async, each with its context. See the [module docs](self).
 #[async_trait::async_trait]
@@ -71,12 +71,15 @@ pub trait AsyncContextStore: Send + Sync {
         cx: &CallContext,
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
-    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+    ) -> Result<Vec<Option<Stored>>, ContextStoreError> {
         let mut found = Vec::with_capacity(node_ids.len());
         for node_id in node_ids {
             let value = self.get(cx, flow_run_id, *node_id).await?;
             found.push(match value {
-                Some(value) => Some((value, self.provenance(cx, flow_run_id, *node_id).await?)),
+                Some(value) => Some(Stored {
+                    value,
+                    provenance: self.provenance(cx, flow_run_id, *node_id).await?,
+                }),
                 None => None,
             });
         }

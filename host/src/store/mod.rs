@@ -6,7 +6,7 @@ use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 pub use call::{CallContext, Fence};
-pub use provenance::Provenance;
+pub use provenance::{Provenance, Stored};
 
 use std::sync::Arc;
 

@@ -45,7 +45,7 @@ use tokio_postgres::Config;
 use self::errors::{describe, naming};
 use self::pool::{Manager, Pool};
 use self::retry::{Effect, Fault};
-use super::{AsyncContextStore, CallContext, ContextStore, Provenance};
+use super::{AsyncContextStore, CallContext, ContextStore, Provenance, Stored};
 use crate::coord::Coordinator;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
@@ -356,7 +356,7 @@ impl AsyncContextStore for PostgresContextStore {
         cx: &CallContext,
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
-    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+    ) -> Result<Vec<Option<Stored>>, ContextStoreError> {
         self.call(
             cx,
             Effect::Read,

@@ -38,3 +38,13 @@ pub fn unix_millis_now() -> i64 {
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
 }
+
+/// A stored output with its provenance (`None` for an output stored
+/// without it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Stored {
+    /// The output as written.
+    pub value: crate::json::JsonText,
+    /// Where it came from.
+    pub provenance: Option<Provenance>,
+}

@@ -274,6 +274,7 @@ impl SqliteContextStore {
         Ok(text.map(JsonText::from_stored))
     }
 
+    #[cfg(feature = "async")]
     fn get_many_until(
         &self,
         give_up: Instant,
@@ -301,12 +302,13 @@ impl SqliteContextStore {
             .collect())
     }
 
+    #[cfg(feature = "async")]
     fn get_many_with_provenance_until(
         &self,
         give_up: Instant,
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
-    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+    ) -> Result<Vec<Option<super::Stored>>, ContextStoreError> {
         self.read(give_up, |conn| {
             let mut select = conn.prepare_cached(
                 "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
@@ -331,7 +333,7 @@ impl SqliteContextStore {
                                     ended_at: row.get(7)?,
                                 }),
                             };
-                            Ok((value, provenance))
+                            Ok(super::Stored { value, provenance })
                         })
                         .optional()
                 })
@@ -339,6 +341,7 @@ impl SqliteContextStore {
         })
     }
 
+    #[cfg(feature = "async")]
     fn get_globals_until(
         &self,
         give_up: Instant,

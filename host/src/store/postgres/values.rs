@@ -18,7 +18,7 @@ use super::retry::{Fault, Retry};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
-use crate::store::{Fence, Provenance};
+use crate::store::{Fence, Provenance, Stored};
 
 const PUT: &str = "INSERT INTO contextstore_outputs (flow_run_id, node_id, value, component_hash,
         params_hash, upstream_hash, attempt, host, started_at, ended_at)
@@ -244,7 +244,7 @@ pub(super) async fn get_many(
 pub(super) async fn get_many_with_provenance(
     c: &mut Conn,
     (run, nodes): &(FlowRunId, &[NodeId]),
-) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, Fault> {
+) -> Result<Vec<Option<Stored>>, Fault> {
     let statement = c.prepare(GET_MANY_WITH_PROVENANCE).await?;
     let ids: Vec<Uuid> = nodes.iter().map(|n| *n.as_uuid()).collect();
     let rows = c.client.query(&statement, &[run.as_uuid(), &ids]).await?;
@@ -252,7 +252,13 @@ pub(super) async fn get_many_with_provenance(
     for row in rows {
         let id: Uuid = row.try_get(0)?;
         let value = JsonText::from_stored(row.try_get(1)?);
-        found.insert(id, (value, provenance_at(&row, 2)?));
+        found.insert(
+            id,
+            Stored {
+                value,
+                provenance: provenance_at(&row, 2)?,
+            },
+        );
     }
     Ok(ids.iter().map(|id| found.remove(id)).collect())
 }

@@ -23,7 +23,7 @@ use super::{SqliteContextStore, put_op};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
-use crate::store::{AsyncContextStore, CallContext, Provenance};
+use crate::store::{AsyncContextStore, CallContext, Provenance, Stored};
 
 impl SqliteContextStore {
     /// Runs one write under `cx`: see the [module docs](self).
@@ -90,7 +90,7 @@ impl AsyncContextStore for SqliteContextStore {
         cx: &CallContext,
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
-    ) -> Result<Vec<Option<(JsonText, Option<Provenance>)>>, ContextStoreError> {
+    ) -> Result<Vec<Option<Stored>>, ContextStoreError> {
         self.get_many_with_provenance_until(
             cx.give_up(self.options.busy_deadline),
             flow_run_id,
