@@ -108,26 +108,24 @@ pub struct GuestStore {
     slots: Option<JobSlots>,
 }
 
-/// A job slot given back for the time of one write: taken again, by the
-/// call's deadline, when dropped.
+/// A job slot given back for the time of one write: taken back, without
+/// waiting, when dropped ([`JobSlots::reclaim`]).
 struct Waiting {
     slots: JobSlots,
-    until: Option<Instant>,
 }
 
 impl Waiting {
-    fn new(slots: &JobSlots, cx: CallContext) -> Self {
+    fn new(slots: &JobSlots) -> Self {
         slots.release();
         Self {
             slots: slots.clone(),
-            until: cx.deadline,
         }
     }
 }
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.slots.acquire(self.until);
+        self.slots.reclaim();
     }
 }
 
@@ -219,8 +217,8 @@ impl GuestStore {
     }
 
     /// Gives one of `slots` back while each write waits for its commit,
-    /// and takes one again (by the call's deadline) before the guest goes
-    /// on (see [`JobSlots`]).
+    /// and takes it back, without waiting, before the guest goes on (see
+    /// [`JobSlots`]).
     pub fn sharing_slots(mut self, slots: Option<JobSlots>) -> Self {
         self.slots = slots;
         self
@@ -243,10 +241,7 @@ impl GuestStore {
         Fut: Future<Output = Result<(), ContextStoreError>> + Send + 'static,
     {
         let write = f(self.store.clone(), self.cx, self.in_flight.clone());
-        let waiting = self
-            .slots
-            .as_ref()
-            .map(|slots| Waiting::new(slots, self.cx));
+        let waiting = self.slots.as_ref().map(Waiting::new);
         let result = if self.cx.may_block || tokio::runtime::Handle::try_current().is_err() {
             write.await
         } else {

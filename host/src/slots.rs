@@ -3,14 +3,18 @@
 //! network does not count.
 //!
 //! An invocation holds a slot while its code runs. Around a write (which
-//! waits for a commit) it gives the slot back and takes one again after, so
-//! that other invocations compute meanwhile and their writes join the same
-//! commit (group commit in SQLite, the WAL flush in PostgreSQL) instead of
-//! each waiting for its own. Reads are short and keep the slot.
+//! waits for a commit) it gives the slot back, so that another invocation
+//! starts meanwhile and its write joins the same commit (group commit in
+//! SQLite, the WAL flush in PostgreSQL) instead of waiting for its own.
+//! Reads are short and keep the slot.
 //!
-//! Taking a slot waits at most until the caller's deadline; past it the
-//! caller takes one over the limit, so that work always ends by its own
-//! deadline rather than in this queue.
+//! An invocation coming back from its write takes its slot back at once,
+//! without waiting ([`reclaim`](JobSlots::reclaim)), even when that makes
+//! more slots taken than the limit for a moment: a step is never held up
+//! halfway (past its deadline, or behind a long step that holds the only
+//! slot); no new invocation starts until the count is below the limit
+//! again. Taking a slot to start waits at most until the caller's
+//! deadline, and past it takes one over the limit too.
 
 use std::sync::{Arc, Condvar, Mutex, PoisonError};
 use std::time::Instant;
@@ -56,6 +60,13 @@ impl JobSlots {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+        *free -= 1;
+    }
+
+    /// Takes a slot back without waiting (an invocation coming back from a
+    /// write), over the limit if none is free.
+    pub fn reclaim(&self) {
+        let mut free = self.0.free.lock().unwrap_or_else(PoisonError::into_inner);
         *free -= 1;
     }
 
@@ -120,6 +131,23 @@ mod tests {
         let waited = started.elapsed();
         assert!(waited >= Duration::from_millis(50), "{waited:?}");
         assert!(waited < Duration::from_secs(5), "{waited:?}");
+    }
+
+    #[test]
+    fn a_slot_is_reclaimed_at_once_and_starts_wait_below_the_limit() {
+        let slots = JobSlots::new(1);
+        slots.acquire(None);
+        // Given back for a write; another invocation starts meanwhile.
+        slots.release();
+        let _other = slots.hold(None);
+        // Coming back from the write: at once, over the limit.
+        let started = Instant::now();
+        slots.reclaim();
+        assert!(started.elapsed() < Duration::from_secs(1));
+        // No new start while over the limit: a start waits to its deadline.
+        let waited = Instant::now();
+        slots.acquire(Some(waited + Duration::from_millis(50)));
+        assert!(waited.elapsed() >= Duration::from_millis(50));
     }
 
     #[test]

@@ -274,6 +274,30 @@ impl SqliteContextStore {
         Ok(text.map(JsonText::from_stored))
     }
 
+    /// Runs `sql` (`?1` the run, `?2` a node) once for each of `node_ids`
+    /// on one reader connection, mapping the row found with `f`.
+    #[cfg(feature = "async")]
+    fn read_each_node<T>(
+        &self,
+        give_up: Instant,
+        flow_run_id: FlowRunId,
+        node_ids: &[NodeId],
+        sql: &str,
+        f: impl Fn(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
+    ) -> Result<Vec<Option<T>>, ContextStoreError> {
+        self.read(give_up, |conn| {
+            let mut select = conn.prepare_cached(sql)?;
+            node_ids
+                .iter()
+                .map(|node_id| {
+                    select
+                        .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], &f)
+                        .optional()
+                })
+                .collect()
+        })
+    }
+
     #[cfg(feature = "async")]
     fn get_many_until(
         &self,
@@ -281,25 +305,13 @@ impl SqliteContextStore {
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
     ) -> Result<Vec<Option<JsonText>>, ContextStoreError> {
-        let texts: Vec<Option<String>> = self.read(give_up, |conn| {
-            let mut select = conn.prepare_cached(
-                "SELECT value FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
-            )?;
-            node_ids
-                .iter()
-                .map(|node_id| {
-                    select
-                        .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
-                            row.get(0)
-                        })
-                        .optional()
-                })
-                .collect()
-        })?;
-        Ok(texts
-            .into_iter()
-            .map(|text| text.map(JsonText::from_stored))
-            .collect())
+        self.read_each_node(
+            give_up,
+            flow_run_id,
+            node_ids,
+            "SELECT value FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
+            |row| Ok(JsonText::from_stored(row.get(0)?)),
+        )
     }
 
     #[cfg(feature = "async")]
@@ -309,36 +321,20 @@ impl SqliteContextStore {
         flow_run_id: FlowRunId,
         node_ids: &[NodeId],
     ) -> Result<Vec<Option<super::Stored>>, ContextStoreError> {
-        self.read(give_up, |conn| {
-            let mut select = conn.prepare_cached(
-                "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
-                        started_at, ended_at
-                 FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
-            )?;
-            node_ids
-                .iter()
-                .map(|node_id| {
-                    select
-                        .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
-                            let value = JsonText::from_stored(row.get(0)?);
-                            let provenance = match row.get::<_, Option<String>>(1)? {
-                                None => None,
-                                Some(component_hash) => Some(Provenance {
-                                    component_hash,
-                                    params_hash: row.get(2)?,
-                                    upstream_hash: row.get(3)?,
-                                    attempt: row.get(4)?,
-                                    host: row.get(5)?,
-                                    started_at: row.get(6)?,
-                                    ended_at: row.get(7)?,
-                                }),
-                            };
-                            Ok(super::Stored { value, provenance })
-                        })
-                        .optional()
+        self.read_each_node(
+            give_up,
+            flow_run_id,
+            node_ids,
+            "SELECT value, component_hash, params_hash, upstream_hash, attempt, host,
+                    started_at, ended_at
+             FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
+            |row| {
+                Ok(super::Stored {
+                    value: JsonText::from_stored(row.get(0)?),
+                    provenance: provenance_at(row, 1)?,
                 })
-                .collect()
-        })
+            },
+        )
     }
 
     #[cfg(feature = "async")]
@@ -400,19 +396,29 @@ impl SqliteContextStore {
                  FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2 AND component_hash IS NOT NULL",
             )?
             .query_row(params![flow_run_id.as_bytes(), node_id.as_bytes()], |row| {
-                Ok(Provenance {
-                    component_hash: row.get(0)?,
-                    params_hash: row.get(1)?,
-                    upstream_hash: row.get(2)?,
-                    attempt: row.get(3)?,
-                    host: row.get(4)?,
-                    started_at: row.get(5)?,
-                    ended_at: row.get(6)?,
-                })
+                provenance_at(row, 0)
             })
             .optional()
+            .map(Option::flatten)
         })
     }
+}
+
+/// The provenance in the seven columns of `row` from `first` on (`None`
+/// when its component hash is NULL: an output written without it).
+fn provenance_at(row: &rusqlite::Row<'_>, first: usize) -> rusqlite::Result<Option<Provenance>> {
+    let Some(component_hash) = row.get::<_, Option<String>>(first)? else {
+        return Ok(None);
+    };
+    Ok(Some(Provenance {
+        component_hash,
+        params_hash: row.get(first + 1)?,
+        upstream_hash: row.get(first + 2)?,
+        attempt: row.get(first + 3)?,
+        host: row.get(first + 4)?,
+        started_at: row.get(first + 5)?,
+        ended_at: row.get(first + 6)?,
+    }))
 }
 
 /// Refuses, touching nothing, a file at `path` that is not this build's to
