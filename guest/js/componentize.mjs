@@ -114,8 +114,82 @@ function leanBindings(js, exports, imports) {
     1,
     'code point count',
   );
+  js = replaceChecked(
+    js,
+    'function bindExports(sourceName) {',
+    'function __bindExports(sourceName) {',
+    1,
+    'bindExports',
+  );
   // The promise every synchronous export returns.
-  return `const __SETTLED = Promise.resolve();\n${js}`;
+  return `const __SETTLED = Promise.resolve();\n${js}\n${warmUpBindings(js, exports, imports)}`;
+}
+
+/**
+ * The bindings' `bindExports` (which the engine calls once the step module
+ * has run, just before it is snapshotted), followed by a warm-up: the `run`
+ * export called twice with a made-up invocation and the core store imports
+ * faked, once all succeeding with nothing stored and once all failing with
+ * `storage`. It calls the SDK's warm-up (`contextstore-step.js`) in place of
+ * the step (nothing at all if the module does not use the SDK), so that the
+ * whole path of a run, bindings and SDK, is compiled and its engine state
+ * created in the snapshot. The memory it takes is freed after the first call.
+ */
+function warmUpBindings(js, exports, imports) {
+  const [name, signature] = exports.length === 1 ? exports[0] : [];
+  if (name !== 'export_run' || signature.params.length !== 8 || !signature.retptr || signature.paramptr) {
+    throw new Error('componentize.mjs: the warm-up expects the one export `run` of the `step` world');
+  }
+  const bound = /^let \[\$memory, \$realloc, ([^\]\n]*)\] = \$bindings;$/m.exec(js);
+  const cores = bound ? bound[1].split(', ') : [];
+  if (cores.length !== imports.length || !cores.every((c) => /^\$import_[\w$]+$/.test(c))) {
+    throw new Error('componentize.mjs: the core store imports are not where the warm-up expects them');
+  }
+  return `
+function bindExports(sourceName) {
+  __bindExports(sourceName);
+  const key = Symbol.for('contextstore-step.warm-up');
+  const warmUp = contentGlobal[key];
+  delete contentGlobal[key];
+  const step = run;
+  const cores = [${cores.join(', ')}];
+  const strings = ['00000000-0000-4000-8000-000000000000', '{"warm":[1,2.5,"up",true,null],"up":{"a":"b"}}', 'up']
+    .map((s) => TEXT_ENCODER_UTF8.encode(s));
+  // 0: the result every core import returns; 32: the export's result;
+  // 64: the invocation's one upstream; 96: the strings.
+  const size = 96 + strings.reduce((n, s) => n + s.length, 0);
+  const base = $realloc(0, 0, 8, size);
+  new Uint8Array($memory.buffer, base, size).fill(0);
+  const at = [];
+  let offset = base + 96;
+  for (const s of strings) {
+    new Uint8Array($memory.buffer, offset, s.length).set(s);
+    at.push([offset, s.length]);
+    offset += s.length;
+  }
+  const [id, params, upstream] = at;
+  const view = dataView($memory);
+  view.setUint32(base + 64, upstream[0], true);
+  view.setUint32(base + 68, upstream[1], true);
+  view.setUint32(base + 72, id[0], true);
+  view.setUint32(base + 76, id[1], true);
+  const fake = () => base;
+  try {
+    run = typeof warmUp === 'function' ? warmUp : () => {};
+    ${cores.join(' = ')} = fake;
+    for (const fail of [false, true]) {
+      view.setUint8(base, fail ? 1 : 0); // result: ok | err
+      view.setUint8(base + 4, fail ? 6 : 0); // ok: none, [], () | err: storage
+      view.setUint32(base + 8, fail ? upstream[0] : 0, true);
+      view.setUint32(base + 12, fail ? upstream[1] : 0, true);
+      export_run(id[0], id[1], id[0], id[1], params[0], params[1], base + 64, 1, base + 32);
+    }
+  } finally {
+    run = step;
+    [${cores.join(', ')}] = cores;
+  }
+}
+`;
 }
 
 const sourcePath = resolve(source);

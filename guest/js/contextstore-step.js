@@ -35,9 +35,6 @@
 
 import * as wit from 'worldinterface:contextstore/store@0.1.0';
 
-// The store the calls below go to: the bindings, except while `warmUp` runs.
-let store = wit;
-
 /** A store call failed. `kind` is the WIT `error` case, `payload` the binding's `{ tag, val }`. */
 export class StoreError extends Error {
   constructor(payload) {
@@ -124,17 +121,17 @@ function decode(text) {
 }
 
 /** Writes a node's output as JSON text (write-once: 'already-exists'). */
-export const putText = (flowRunId, nodeId, text) => call(store.put, flowRunId, nodeId, text);
+export const putText = (flowRunId, nodeId, text) => call(wit.put, flowRunId, nodeId, text);
 /** A node's output as the exact text written; `undefined` if not written. */
-export const getText = (flowRunId, nodeId) => call(store.get, flowRunId, nodeId);
+export const getText = (flowRunId, nodeId) => call(wit.get, flowRunId, nodeId);
 /** The node ids with an output in `flowRunId`, in no set order. */
-export const listKeys = (flowRunId) => call(store.listKeys, flowRunId);
+export const listKeys = (flowRunId) => call(wit.listKeys, flowRunId);
 /** Writes a global as JSON text (write-once: 'global-already-exists'). */
-export const putGlobalText = (key, text) => call(store.putGlobal, key, text);
+export const putGlobalText = (key, text) => call(wit.putGlobal, key, text);
 /** Writes or overwrites a global as JSON text. */
-export const upsertGlobalText = (key, text) => call(store.upsertGlobal, key, text);
+export const upsertGlobalText = (key, text) => call(wit.upsertGlobal, key, text);
 /** A global as the exact text written; `undefined` if not written. */
-export const getGlobalText = (key) => call(store.getGlobal, key);
+export const getGlobalText = (key) => call(wit.getGlobal, key);
 
 /** Writes a node's output (write-once: 'already-exists'). */
 export const put = (flowRunId, nodeId, value) => putText(flowRunId, nodeId, encode(value));
@@ -238,61 +235,58 @@ export function exportStep(step) {
   };
 }
 
-// Runs the SDK once over a fake store when the module loads. In a component
-// the module loads when the component is built (the engine is snapshotted
-// after it), so everything a step's run goes through is compiled and set up
-// in the snapshot: SpiderMonkey compiles a function's bytecode on its first
-// call and creates standard objects such as `JSON` when first used, and a
-// step starts from the snapshot every time. No store call is made.
-function warmUp() {
-  const run = '00000000-0000-4000-8000-000000000000';
-  const text = '{"a":[1,2.5,"b",true,null],"b":{"c":"d"}}';
-  store = {
-    put() {},
-    get: () => text,
-    listKeys: () => [run],
-    putGlobal() {},
-    upsertGlobal() {},
-    getGlobal: () => undefined,
-  };
-  try {
-    const invocation = { flowRunId: run, nodeId: run, params: text, upstream: [{ name: 'u', nodeId: run }] };
-    exportStep((ctx) => {
-      ctx.params({});
-      ctx.upstreamId('u');
-      const value = ctx.upstream('u');
-      ctx.output({ s: `${value.a.length} items`, a: value.a, n: 1 });
-    })(invocation);
-    get(run, run);
-    listKeys(run);
-    putGlobal('k', 1);
-    upsertGlobal('k', 2);
-    getGlobal('k');
-    const errors = [
-      { payload: { tag: 'storage', val: 'x' } },
-      new InvalidParams('x'),
-      new MissingUpstream('x'),
-      new EncodeError('x'),
-      new TypeError('x'),
-    ];
-    for (const error of errors) {
-      try {
-        exportStep(() => {
-          throw error;
-        })(invocation);
-      } catch {
-        // a StepFailure, as the host would get it
-      }
-    }
-    store = { ...store, get: () => { throw errors[0]; } };
+/**
+ * Runs the SDK once for the engine's snapshot. `componentize.mjs` builds a
+ * component by running the step module in the engine and snapshotting it;
+ * just before the snapshot, its bindings call this through the component's
+ * `run` export, with an invocation they made up and every store call faked
+ * (a first time all succeeding with nothing stored, a second time all
+ * failing). SpiderMonkey compiles a function on its first call and creates
+ * much of its machinery (iterators, shapes, builtins) on first use, and a
+ * step starts from the snapshot every time: run here, all of that is ready
+ * in it instead of being redone by every step. Steps never call it.
+ */
+function warmUp(invocation) {
+  const attempt = (f) => {
     try {
-      get(run, run);
-    } catch {
-      // a StoreError
+      return f();
+    } catch (e) {
+      return toStepError(e);
     }
-  } finally {
-    store = wit;
+  };
+  const errors = [
+    new InvalidParams('warm-up'),
+    new MissingUpstream('warm-up'),
+    new EncodeError('warm-up'),
+    new TypeError('warm-up'),
+    { payload: { tag: 'storage', val: 'warm-up' } },
+    { payload: { tag: 'failed', val: 'warm-up' } },
+  ];
+  for (const error of errors) {
+    attempt(() =>
+      exportStep(() => {
+        throw error;
+      })(invocation),
+    );
   }
+  exportStep((ctx) => {
+    const value = ctx.params({});
+    const [name] = ctx.upstreams.keys();
+    ctx.upstreamId(name);
+    attempt(() => ctx.upstream(name)); // nothing stored: MissingUpstream
+    attempt(() => ctx.upstream('')); // no such upstream
+    attempt(() => ctx.output(undefined)); // EncodeError
+    get(ctx.flowRunId, ctx.nodeId); // all failing: the StoreError leaves the step
+    listKeys(ctx.flowRunId);
+    getGlobal(name);
+    putGlobal(name, value);
+    upsertGlobal(name, value);
+    ctx.output({ ...value, name, text: `${ctx.nodeId}: ${JSON.stringify(value)}` });
+  })(invocation);
 }
 
-warmUp();
+// Where componentize.mjs's bindings find `warmUp` (and delete it after).
+Object.defineProperty(globalThis, Symbol.for('contextstore-step.warm-up'), {
+  configurable: true,
+  value: warmUp,
+});

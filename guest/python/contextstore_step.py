@@ -186,15 +186,53 @@ def _call(fn: Callable, *args):
         raise cls(message if isinstance(message, str) else "", e.value) from None
 
 
+# `json.loads` and `json.dumps` straight on the json module's C scanner and
+# encoder, which those functions end in: the same results and the same
+# errors, without the Python layers in between. A step starts from the
+# build's snapshot every time, so every function and object a run touches
+# costs it memory pages faulted in again; these layers were a good part of
+# the pages the SDK touched.
+_WHITESPACE = json.decoder.WHITESPACE_STR
+_scan_once = json.JSONDecoder().scan_once
+_encode_string = json.encoder.encode_basestring
+_encode_default = json.JSONEncoder().default
+_make_encoder = json.encoder.c_make_encoder
+
+
+def _json_loads(text: str) -> Any:
+    """`json.loads(text)` for a `str`."""
+    if text.startswith("\ufeff"):
+        raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+    try:
+        value, end = _scan_once(text, len(text) - len(text.lstrip(_WHITESPACE)))
+    except StopIteration as e:
+        raise json.JSONDecodeError("Expecting value", text, e.value) from None
+    if end != len(text):
+        end = len(text) - len(text[end:].lstrip(_WHITESPACE))
+        if end != len(text):
+            raise json.JSONDecodeError("Extra data", text, end)
+    return value
+
+
+def _json_dumps(value: Any) -> str:
+    """`json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))`."""
+    if _make_encoder is None:  # a Python without the C encoder
+        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+    if isinstance(value, str):
+        return _encode_string(value)
+    encode = _make_encoder({}, _encode_default, _encode_string, None, ":", ",", False, False, False)
+    return "".join(encode(value, 0))
+
+
 def _dumps(value: Any) -> str:
     try:
-        return json.dumps(value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+        return _json_dumps(value)
     except (TypeError, ValueError) as e:
         raise EncodeError(str(e)) from None
 
 
 def _loads(text: Optional[str]) -> Any:
-    return None if text is None else json.loads(text)
+    return None if text is None else _json_loads(text)
 
 
 # ---------------------------------------------------------------- store calls
@@ -276,7 +314,7 @@ class Context:
     def params(self, default: Any = None) -> Any:
         """The parameters as a Python object; `default` when they are `null`."""
         try:
-            value = json.loads(self.params_json)
+            value = _json_loads(self.params_json)
         except ValueError as e:
             raise InvalidParams(f"params are not JSON: {e}") from None
         return default if value is None else value
@@ -297,7 +335,7 @@ class Context:
         text = get_text(self.flow_run_id, node_id)
         if text is None:
             raise MissingUpstream(f"upstream `{name}` ({node_id}) has no output yet")
-        return json.loads(text)
+        return _json_loads(text)
 
     def output(self, value: Any) -> None:
         """Writes this node's output, once (`AlreadyExists` the second time)."""
@@ -325,6 +363,13 @@ def export(step: Callable[[Context], None]) -> type:
     named `WitWorld`). The function gets a `Context`; see the module's
     docs for how its exceptions reach the host.
     """
+    exported = _exported(step)
+    _warm_up()
+    return exported
+
+
+def _exported(step: Callable[[Context], None]) -> type:
+    """The `WitWorld` class running `step`."""
 
     class Exported(wit_world.WitWorld):
         def run(self, invocation: Any) -> None:
@@ -340,3 +385,83 @@ def export(step: Callable[[Context], None]) -> type:
     Exported.__name__ = Exported.__qualname__ = "WitWorld"
     Exported.__doc__ = step.__doc__
     return Exported
+
+
+def _warm_up() -> None:
+    """Runs the SDK once, over a faked store, as the step module loads.
+
+    In a component the module loads when componentize-py builds it, and the
+    interpreter is snapshotted after; every run starts from that snapshot.
+    Run here, the SDK's code is specialized by the interpreter and its
+    lookups cached in the snapshot instead of redone (and their memory pages
+    written) by every run. The store is faked below the generated bindings
+    (componentize-py's import call; outside a component, where there is none,
+    the bindings' functions): first every call succeeds, then every call
+    fails with `storage`. No store call is made and the step is not run.
+    """
+    uuid = "00000000-0000-4000-8000-000000000000"
+    text = '{"warm":[1,2.5,"up",true,null],"up":{"a":"b"}}'
+    invocation = _types.Invocation(
+        flow_run_id=uuid, node_id=uuid, params=text, upstream=[_types.Upstream(name="up", node_id=uuid)]
+    )
+
+    def attempt(f: Callable, *args: Any) -> Any:
+        try:
+            return f(*args)
+        except Exception as e:
+            return to_step_error(e)
+
+    def step(ctx: Context) -> None:
+        value = ctx.params({})
+        name = next(iter(ctx.upstreams))
+        ctx.upstream_id(name)
+        attempt(ctx.upstream, "")  # no such upstream
+        attempt(ctx.output, float("nan"))  # no JSON form
+        ctx.upstream(name)  # failing: the StoreError leaves the step
+        get(ctx.flow_run_id, ctx.node_id)
+        list_keys(ctx.flow_run_id)
+        get_global(name)
+        put_global(name, value)
+        upsert_global(name, value)
+        ctx.output({**value, "name": name, "text": f"{ctx.node_id}: {_dumps(value)}"})
+
+    def fails(error: Exception) -> Callable[[Context], None]:
+        def step(ctx: Context) -> None:
+            raise error
+
+        return step
+
+    steps = [step] + [fails(e) for e in (InvalidParams("warm-up"), MissingUpstream("warm-up"), TypeError("warm-up"))]
+    try:
+        import componentize_py_runtime as runtime  # only inside a component
+    except ImportError:
+        runtime = None
+    from componentize_py_types import Ok
+
+    names = ["put", "get", "list_keys", "put_global", "upsert_global", "get_global"]
+    saved = runtime.call_import if runtime else {name: getattr(_store, name) for name in names}
+    try:
+        for fail in (False, True):
+
+            def result(*args: Any) -> Any:
+                return Err(_store.Error_Storage("warm-up")) if fail else Ok(text)
+
+            def call(*args: Any) -> Any:
+                answer = result()
+                if isinstance(answer, Err):
+                    raise answer
+                return answer.value
+
+            if runtime:
+                runtime.call_import = result
+            else:
+                for name in names:
+                    setattr(_store, name, call)
+            for warm in steps:
+                attempt(_exported(warm)().run, invocation)
+    finally:
+        if runtime:
+            runtime.call_import = saved
+        else:
+            for name, original in saved.items():
+                setattr(_store, name, original)

@@ -207,6 +207,55 @@ class SdkTest(unittest.TestCase):
         self.assertEqual(cls.__name__, "WitWorld")
         self.assertIn(wit_world.WitWorld, cls.__mro__)
 
+    def test_the_warm_up_touches_no_store(self):
+        originals = [getattr(store, name) for name in ["put", "get", "list_keys", "put_global", "upsert_global", "get_global"]]
+        self.store.outputs[(RUN, GREET)] = '{"greeting": "Hello"}'
+        cs.export(lambda ctx: None)  # warms up
+        self.assertEqual(self.store.outputs, {(RUN, GREET): '{"greeting": "Hello"}'})
+        self.assertEqual(self.store.globals, {})
+        after = [getattr(store, name) for name in ["put", "get", "list_keys", "put_global", "upsert_global", "get_global"]]
+        self.assertEqual(after, originals)
+
+
+def outcome(f, *args, **kwargs):
+    """What `f(*args, **kwargs)` returns, or the type, text and position of what it raises."""
+    try:
+        return ("ok", f(*args, **kwargs))
+    except Exception as e:
+        return (type(e), str(e), getattr(e, "pos", None))
+
+
+class JsonTest(unittest.TestCase):
+    """The SDK's JSON calls answer as `json.loads` and `json.dumps` do."""
+
+    def test_loads(self):
+        texts = [
+            "{}", "null", "0", "-0", "1e400", "2.5e-3", "123456789012345678901234567890",
+            ' [1, 2.5, "x\\u00e9\\ud83d\\ude00", null, true, false] ', '\t\n\r {"a": {"b": [ ]}} \r\n',
+            '{"a": 1, "a": 2}', "[NaN, Infinity, -Infinity]", '"\u2028"',
+            "", " ", "\ufeff{}", "{", "[1,]", '{"a" 1}', "1 2", "[] x", "nul", '"\\x"', '"open', "\u00a0 1", "1 \u00a0",
+            '{"a": 1} \n ]', "[" * 10 + "]" * 10,
+        ]
+        for text in texts:
+            self.assertEqual(outcome(cs._json_loads, text), outcome(json.loads, text), repr(text))
+
+    def test_dumps(self):
+        cycle = []
+        cycle.append(cycle)
+
+        class Number(int):
+            def __repr__(self):
+                return "not used"
+
+        values = [
+            None, True, False, 0, -1, 2**70, 1.5, -0.0, 1e-300, 1e300, "", "ünï\u2028\x00\"\\", [1, [2, (3, 4)]],
+            {"a": {"b": None}}, {1: 2, 2.5: 3, None: 4, True: 5, "k": "v"}, Number(7), {Number(8): Number(9)},
+            float("nan"), float("inf"), -float("inf"), {(1, 2): 3}, {1, 2}, object(), cycle, b"bytes",
+        ]
+        for value in values:
+            expected = outcome(json.dumps, value, allow_nan=False, ensure_ascii=False, separators=(",", ":"))
+            self.assertEqual(outcome(cs._json_dumps, value), expected, repr(value))
+
 
 if __name__ == "__main__":
     unittest.main()
