@@ -9,12 +9,15 @@
 // feature that needs WASI (stdio, random, clocks, http, fetch-event) is off,
 // so the component imports only the store.
 //
-// It also makes the generated bindings lean (see `leanBindings`): the
-// componentize-js 0.22.0 bindings run every export as an `async` function
-// and wrap every export and import call in jco's component-model task
-// machinery (task objects, promises, awaits), which the `step` world, all
-// synchronous functions, never needs. That machinery was most of a step's
-// run time.
+// It also rewrites the generated bindings before the engine is snapshotted
+// with them: the componentize-js 0.22.0 bindings run every export as an
+// `async` function and wrap every export and import call in jco's
+// component-model task machinery (task objects, promises, awaits), which the
+// `step` world, all synchronous functions, never needs (`leanBindings`); and
+// just before the snapshot they run the SDK once over faked store imports,
+// so that what a run needs is compiled and created in the snapshot instead
+// of in every run, which starts from it (`warmUpBindings`). Between them,
+// these were most of a step's run time.
 import { writeFile } from 'node:fs/promises';
 import { dirname, resolve } from 'node:path';
 
@@ -67,7 +70,8 @@ function replaceChecked(text, pattern, replacement, count, what) {
  *   when it settles, as before;
  * - UTF-8 encoding no longer counts code points nobody reads;
  * - `_debugLog`, a no-op without `process.env.JCO_DEBUG` (which the engine
- *   does not have), is not called on the call paths.
+ *   does not have), is not called on the call paths;
+ * - `bindExports` warms up (`warmUpBindings`).
  *
  * Every rewrite checks that it matched exactly where it should, so a
  * different generator output fails the build instead of building something

@@ -425,40 +425,33 @@ def _warm_up() -> None:
         upsert_global(name, value)
         ctx.output({**value, "name": name, "text": f"{ctx.node_id}: {_dumps(value)}"})
 
-    def fails(error: Exception) -> Callable[[Context], None]:
-        def step(ctx: Context) -> None:
-            raise error
-
-        return step
-
-    steps = [step] + [fails(e) for e in (InvalidParams("warm-up"), MissingUpstream("warm-up"), TypeError("warm-up"))]
     try:
         import componentize_py_runtime as runtime  # only inside a component
     except ImportError:
         runtime = None
     from componentize_py_types import Ok
 
+    failing = False
+
+    def result(*args: Any) -> Any:  # componentize-py's import call
+        return Err(_store.Error_Storage("warm-up")) if failing else Ok(text)
+
+    def call(*args: Any) -> Any:  # a bindings function
+        answer = result()
+        if isinstance(answer, Err):
+            raise answer
+        return answer.value
+
     names = ["put", "get", "list_keys", "put_global", "upsert_global", "get_global"]
     saved = runtime.call_import if runtime else {name: getattr(_store, name) for name in names}
     try:
-        for fail in (False, True):
-
-            def result(*args: Any) -> Any:
-                return Err(_store.Error_Storage("warm-up")) if fail else Ok(text)
-
-            def call(*args: Any) -> Any:
-                answer = result()
-                if isinstance(answer, Err):
-                    raise answer
-                return answer.value
-
-            if runtime:
-                runtime.call_import = result
-            else:
-                for name in names:
-                    setattr(_store, name, call)
-            for warm in steps:
-                attempt(_exported(warm)().run, invocation)
+        if runtime:
+            runtime.call_import = result
+        else:
+            for name in names:
+                setattr(_store, name, call)
+        for failing in (False, True):
+            attempt(_exported(step)().run, invocation)
     finally:
         if runtime:
             runtime.call_import = saved

@@ -154,3 +154,18 @@ test('values without a JSON form fail the step', () => {
   assert.equal(state.outputs.size, 0);
   assert.match(runStep((c) => c.output(undefined)).val, /^encode: /);
 });
+
+test('the build-time warm-up runs the SDK through the store it finds', () => {
+  // componentize.mjs's bindings call it with every store call faked; here
+  // the fake store stands in for the bindings.
+  const warmUp = globalThis[Symbol.for('contextstore-step.warm-up')];
+  assert.equal(typeof warmUp, 'function');
+  warmUp(invocation('{"a": [1]}'));
+  assert.deepEqual(cs.get(RUN, ME), { a: [1], name: 'greet', text: `${ME}: {"a":[1]}` });
+  assert.deepEqual(cs.getGlobal('greet'), { a: [1] });
+  state.fail = { tag: 'storage', val: 'disk' };
+  assert.throws(
+    () => warmUp(invocation()),
+    (e) => JSON.stringify(e.payload) === JSON.stringify({ tag: 'store', val: { tag: 'storage', val: 'disk' } }),
+  );
+});
