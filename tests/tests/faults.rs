@@ -367,6 +367,13 @@ impl Worker {
         text
     }
 
+    /// Waits (at most a minute) for the worker's next claim.
+    fn next_claim(&mut self) -> Value {
+        self.wait_for("a claim", Duration::from_secs(60), |e| {
+            e["event"] == "claimed"
+        })
+    }
+
     /// The events named `kind` ("claimed", "done", …) received so far.
     fn events_of<'a>(&'a self, kind: &'a str) -> impl Iterator<Item = &'a Value> + 'a {
         self.events.iter().filter(move |e| e["event"] == kind)
@@ -490,9 +497,7 @@ fn paused_worker_past_its_lease_lands_nothing() {
         let pause_ms = pause_points[round as usize % pause_points.len()];
 
         let mut a = Worker::start(&flow, &db, run, &format!("A{round}"), 1, &cache);
-        a.wait_for("claim", Duration::from_secs(60), |e| {
-            e["event"] == "claimed"
-        });
+        a.next_claim();
         std::thread::sleep(Duration::from_millis(pause_ms));
         a.signal("STOP");
         a.drain();
@@ -596,9 +601,7 @@ fn worker_restarted_under_its_own_name_finishes() {
     for round in 0..rounds {
         let run = FlowRunId::new();
         let mut first = Worker::start(&flow, &db, run, "w1", 2, &cache);
-        let claimed = first.wait_for("claim", Duration::from_secs(60), |e| {
-            e["event"] == "claimed"
-        });
+        let claimed = first.next_claim();
         std::thread::sleep(Duration::from_millis(300 + (200 * round) % 1_000));
         first.drain();
         assert!(
@@ -686,9 +689,7 @@ fn a_batch_claimed_by_a_killed_worker_is_taken_over_whole() {
     let run = FlowRunId::new();
     const JOBS: usize = 3;
     let mut first = Worker::start(&flow, &db, run, "w1", JOBS, &cache);
-    first.wait_for("a claim", Duration::from_secs(60), |e| {
-        e["event"] == "claimed"
-    });
+    first.next_claim();
     // The rest of the batch is claimed by the same statement.
     std::thread::sleep(Duration::from_millis(300));
     first.drain();
@@ -1319,9 +1320,7 @@ fn two_live_workers_of_one_name_are_told_apart() {
     let run = FlowRunId::new();
     const JOBS: usize = 3;
     let mut first = Worker::start(&flow, &db, run, "w1", JOBS, &cache);
-    first.wait_for("claim", Duration::from_secs(60), |e| {
-        e["event"] == "claimed"
-    });
+    first.next_claim();
     let mut second = Worker::start(&flow, &db, run, "w1", 1, &cache);
     let limit = Duration::from_secs(30);
     let (first_status, _) = first.finish(limit);
