@@ -91,11 +91,48 @@ impl PoolConfig {
             // instance touched (found with the PAGEMAP_SCAN ioctl where the
             // kernel has it, Linux 6.7+), up to these many bytes, instead of
             // unmapping them: the next instance starts without page faults.
-            .pagemap_scan(Enabled::Auto)
+            // Not with swap on: the scan finds dirty pages only while they
+            // are present, so a page swapped out would keep one instance's
+            // data for the next in the slot (see `pagemap_scan_is_safe`).
+            .pagemap_scan(if pagemap_scan_is_safe() {
+                Enabled::Auto
+            } else {
+                Enabled::No
+            })
             .linear_memory_keep_resident(KEEP_RESIDENT)
             .table_keep_resident(KEEP_RESIDENT / 16);
         pool
     }
+}
+
+/// Whether resetting pool slots with the PAGEMAP_SCAN ioctl keeps
+/// instances apart on this host: only when no swap is active (wasmtime 48's
+/// scan looks for pages written *and present*; a written page that was
+/// swapped out is neither rewritten nor unmapped, and the next instance in
+/// the slot would read it). Read from `/proc/swaps` when the runtime is
+/// made; a host where it cannot be read, or that turns swap on later, is
+/// not told apart, so the first case resets slots the slower way and the
+/// second is the operator's to avoid (run the host without swap).
+fn pagemap_scan_is_safe() -> bool {
+    match std::fs::read_to_string("/proc/swaps") {
+        Ok(swaps) => !swap_active(&swaps),
+        Err(error) => {
+            tracing::debug!(%error, "cannot read /proc/swaps; pool slots are reset without PAGEMAP_SCAN");
+            false
+        }
+    }
+}
+
+/// Whether `/proc/swaps` (its text) lists an active swap area: any line
+/// after the header.
+fn swap_active(swaps: &str) -> bool {
+    let active = swaps.lines().skip(1).any(|line| !line.trim().is_empty());
+    if active {
+        tracing::info!(
+            "swap is on: pool slots are reset without PAGEMAP_SCAN (slower step starts)"
+        );
+    }
+    active
 }
 
 /// Whether an instantiation failed only because every pool slot of some
@@ -104,4 +141,22 @@ pub(crate) fn is_pool_exhausted(error: &wasmtime::Error) -> bool {
     error
         .chain()
         .any(|cause| cause.is::<PoolConcurrencyLimitError>())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::swap_active;
+
+    #[test]
+    fn swap_is_active_when_proc_swaps_lists_an_area() {
+        let header = "Filename\t\t\t\tType\t\tSize\t\tUsed\t\tPriority\n";
+        assert!(!swap_active(header));
+        assert!(!swap_active(""));
+        let zram = format!(
+            "{header}/dev/zram0                              partition\t4194300\t\t0\t\t100\n"
+        );
+        assert!(swap_active(&zram));
+        let file = format!("{header}/swapfile file 1048572 0 -2\n");
+        assert!(swap_active(&file));
+    }
 }
