@@ -184,6 +184,9 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                     "error": error.filter(|_| warned.is_none()),
                     "warning": warned,
                     "provenance": n.provenance,
+                    "attempts": n.attempts,
+                    "retry_at_ms": n.retry_at,
+                    "failures": n.failures.iter().map(|(attempt, error)| json!({"attempt": attempt, "error": error})).collect::<Vec<_>>(),
                 });
                 if let Some(c) = &n.claim {
                     row["worker"] = json!(c.worker);
@@ -226,10 +229,19 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
         ))?;
         for (i, n) in nodes.iter().enumerate() {
             let (state, error) = state_parts(&n.state);
-            let detail = match (&n.state, error) {
+            let mut detail = match (&n.state, error) {
                 (NodeState::DoneWithWarning(_), Some(warning)) => format!("warning: {warning}"),
                 (_, error) => error.unwrap_or_default().to_owned(),
             };
+            if n.attempts > 1 || n.retry_at.is_some() {
+                let retry = n.retry_at.map_or_else(String::new, |at| {
+                    let left =
+                        at.saturating_sub(contextstore::store::provenance::unix_millis_now());
+                    format!(", next attempt in {:.1}s", left.max(0) as f64 / 1e3)
+                });
+                let sep = if detail.is_empty() { "" } else { " " };
+                detail = format!("(attempt {}{retry}){sep}{detail}", n.attempts);
+            }
             let bytes = n
                 .output_bytes
                 .map_or_else(|| "-".to_owned(), |b| b.to_string());
@@ -337,6 +349,15 @@ impl Progress {
                 FlowEvent::Blocked { node, by } => {
                     format!("  blocked  {}  (upstream `{by}` failed)", node.name)
                 }
+                FlowEvent::Retrying {
+                    node,
+                    error,
+                    attempt,
+                    after,
+                } => format!(
+                    "  retry    {}  (attempt {attempt} failed: {error}; next in {after:.1?})",
+                    node.name
+                ),
                 FlowEvent::Stopped { node, reason } => {
                     format!("  stopped  {}  ({reason})", node.name)
                 }
@@ -375,6 +396,18 @@ impl Progress {
                 FlowEvent::Blocked { node, by } => {
                     json!({"event": "blocked", "node": node.name, "by": by})
                 }
+                FlowEvent::Retrying {
+                    node,
+                    error,
+                    attempt,
+                    after,
+                } => json!({
+                    "event": "retrying",
+                    "node": node.name,
+                    "attempt": attempt,
+                    "error": error.to_string(),
+                    "after_ms": after.as_secs_f64() * 1e3,
+                }),
             }
             .to_string(),
         };

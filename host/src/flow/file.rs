@@ -14,6 +14,14 @@
 //! global_read = ["config/"]
 //! global_write = []
 //!
+//! [retry]                           # defaults for every node (default: 1 attempt)
+//! attempts = 3                      # most attempts in all
+//! backoff = 0.5                     # seconds before the second attempt
+//! multiplier = 2                    # each next wait this much longer
+//! max_backoff = 30                  # seconds, the longest wait
+//! jitter = true                     # take up to half of each wait off, at random
+//! on = ["trap", "timeout", "store", "failed"]   # which failures retry
+//!
 //! [nodes.source]
 //! component = "steps/greet.wasm"    # relative to this file
 //! params = { name = "Ada" }         # any JSON-compatible TOML
@@ -23,6 +31,7 @@
 //! upstream = ["source"]             # names of upstream nodes
 //! limits = { timeout = 2 }          # overrides per field
 //! grant = { global_write = ["cache/"] }
+//! retry = { attempts = 5 }          # overrides per field
 //! ```
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -33,6 +42,7 @@ use serde::Deserialize;
 use serde_json::Value;
 use toml::Spanned;
 
+use super::retry::{RetryOn, RetryPolicy};
 use super::{Flow, FlowError, FlowNode, node_id};
 use crate::grant::Grant;
 use crate::limits::Limits;
@@ -45,6 +55,8 @@ struct FileSpec {
     limits: LimitsSpec,
     #[serde(default)]
     grant: GrantSpec,
+    #[serde(default)]
+    retry: RetrySpec,
     nodes: Spanned<BTreeMap<String, Spanned<NodeSpec>>>,
 }
 
@@ -60,6 +72,19 @@ struct NodeSpec {
     limits: LimitsSpec,
     #[serde(default)]
     grant: GrantSpec,
+    #[serde(default)]
+    retry: RetrySpec,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetrySpec {
+    attempts: Option<Spanned<u32>>,
+    backoff: Option<Spanned<f64>>,
+    multiplier: Option<Spanned<f64>>,
+    max_backoff: Option<Spanned<f64>>,
+    jitter: Option<bool>,
+    on: Option<Vec<Spanned<String>>>,
 }
 
 #[derive(Default, Deserialize)]
@@ -159,6 +184,78 @@ impl LimitsSpec {
     }
 }
 
+impl RetrySpec {
+    /// `self` over `base`, field by field.
+    fn apply(&self, base: &RetryPolicy, source: &Source<'_>) -> Result<RetryPolicy, FlowError> {
+        let mut policy = base.clone();
+        if let Some(attempts) = &self.attempts {
+            if *attempts.get_ref() == 0 {
+                return Err(source.error(
+                    attempts.span(),
+                    "retry attempts must be at least 1 (1: no retries)".into(),
+                ));
+            }
+            policy.max_attempts = *attempts.get_ref();
+        }
+        let seconds = |value: &Spanned<f64>, what: &str| {
+            Duration::try_from_secs_f64(*value.get_ref()).map_err(|_| {
+                source.error(
+                    value.span(),
+                    format!(
+                        "retry {what} {} is not a number of seconds >= 0",
+                        value.get_ref()
+                    ),
+                )
+            })
+        };
+        if let Some(backoff) = &self.backoff {
+            policy.backoff = seconds(backoff, "backoff")?;
+        }
+        if let Some(most) = &self.max_backoff {
+            policy.max_backoff = seconds(most, "max_backoff")?;
+        }
+        if let Some(multiplier) = &self.multiplier {
+            let m = *multiplier.get_ref();
+            if !(m.is_finite() && m >= 1.0) {
+                return Err(source.error(
+                    multiplier.span(),
+                    format!("retry multiplier {m} is not a number >= 1"),
+                ));
+            }
+            policy.multiplier = m;
+        }
+        if let Some(jitter) = self.jitter {
+            policy.jitter = jitter;
+        }
+        if let Some(kinds) = &self.on {
+            let mut on = RetryOn {
+                traps: false,
+                timeouts: false,
+                store: false,
+                failed: false,
+            };
+            for kind in kinds {
+                match kind.get_ref().as_str() {
+                    "trap" => on.traps = true,
+                    "timeout" => on.timeouts = true,
+                    "store" => on.store = true,
+                    "failed" => on.failed = true,
+                    other => {
+                        return Err(source.error(
+                            kind.span(),
+                            format!(
+                                "unknown retry kind {other:?}: expected \"trap\", \"timeout\", \"store\" or \"failed\""
+                            ),
+                        ));
+                    }
+                }
+            }
+            policy.on = on;
+        }
+        Ok(policy)
+    }
+}
+
 impl GrantSpec {
     /// `self` over `base`: a list given here replaces the base list.
     fn apply(&self, base: &Grant) -> Grant {
@@ -203,6 +300,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
     let base_dir = path.parent().unwrap_or(Path::new("."));
     let default_limits = spec.limits.apply(&Limits::default(), &source)?;
     let default_grant = spec.grant.apply(&Grant::default());
+    let default_retry = spec.retry.apply(&RetryPolicy::default(), &source)?;
     if spec.nodes.get_ref().is_empty() {
         return Err(source.error(spec.nodes.span(), "the flow has no nodes".into()));
     }
@@ -270,6 +368,7 @@ pub fn parse(path: &Path, text: &str) -> Result<Flow, FlowError> {
             upstream_index,
             limits: node.limits.apply(&default_limits, &source)?,
             grant: node.grant.apply(&default_grant),
+            retry: node.retry.apply(&default_retry, &source)?,
             line: source.line(spanned.span()),
         });
     }

@@ -5,8 +5,12 @@
 //!
 //! Entries are globals under [`JOURNAL_PREFIX`]
 //! (`contextstore.flow/<run id>/<node id>`), written by the host with
-//! `upsert_global`: `{"status": "failed", "error": …, "attempt": n}`, the
-//! last failed attempt. A node whose output exists is done, whatever the
+//! `upsert_global`: `{"status": "failed", "error": …, "attempt": n,
+//! "failed_at": ms, "series": k, "retry_at": ms, "history": [...]}`: the
+//! last failed attempt, when it failed (Unix milliseconds), its number
+//! within the current series of retries, when the next attempt is due if
+//! one is scheduled (a worker that takes the node over keeps to it), and
+//! the last [`HISTORY`] failed attempts (`{"attempt", "error", "at"}`). A node whose output exists is done, whatever the
 //! journal says; the entry is then a warning if the same attempt wrote the
 //! output (its provenance names the attempt). Steps never see these keys:
 //! the prefix is under [`RESERVED_PREFIX`](crate::grant::RESERVED_PREFIX),
@@ -30,6 +34,12 @@ fn key(run: FlowRunId, node: NodeId) -> String {
 /// Most bytes of an error kept in a journal entry (before `…`).
 pub const MAX_ENTRY_BYTES: usize = 8 * 1024;
 
+/// How many failed attempts an entry's history keeps (the latest).
+pub const HISTORY: usize = 10;
+
+/// Most bytes of each error kept in the history.
+const HISTORY_ERROR_BYTES: usize = 1024;
+
 /// The last failed attempt at a node.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Failure {
@@ -37,14 +47,61 @@ pub struct Failure {
     pub error: String,
     /// Which attempt it was (1 for entries written before attempts were counted).
     pub attempt: u32,
+    /// Its number within the current series of retries (1 for the first
+    /// attempt of a series; entries written before retries: `attempt`).
+    pub series: u32,
+    /// When it failed, in Unix milliseconds (0 if not recorded).
+    pub failed_at: i64,
+    /// When the next attempt is due (Unix milliseconds), if one is scheduled.
+    pub retry_at: Option<i64>,
+    /// The latest failed attempts, oldest first: `(attempt, error)`.
+    pub history: Vec<(u32, String)>,
 }
 
-/// The entry recording that attempt `attempt` failed with `error`: one line
-/// of at most [`MAX_ENTRY_BYTES`], control characters neutralised.
-fn entry(error: &str, attempt: u32) -> Result<JsonText, ContextStoreError> {
-    crate::store::encode(
-        &json!({ "status": "failed", "error": for_terminal(error, MAX_ENTRY_BYTES), "attempt": attempt }),
-    )
+/// One failed attempt, as [`record_attempt`] writes it.
+#[derive(Clone, Debug)]
+pub struct AttemptFailed<'a> {
+    /// Why it failed.
+    pub error: &'a str,
+    /// Which attempt it was.
+    pub attempt: u32,
+    /// Its number within the current series of retries.
+    pub series: u32,
+    /// When the next attempt is due (Unix milliseconds), if one is.
+    pub retry_at: Option<i64>,
+}
+
+/// The entry recording `failed`, after the history of `earlier` (the
+/// entry before it, if any): one line, control characters neutralised.
+fn entry(
+    failed: &AttemptFailed<'_>,
+    earlier: Option<&Failure>,
+) -> Result<JsonText, ContextStoreError> {
+    let now = crate::store::provenance::unix_millis_now();
+    let mut history: Vec<Value> = earlier
+        .map(|f| {
+            f.history
+                .iter()
+                .map(|(attempt, error)| json!({ "attempt": attempt, "error": error }))
+                .collect()
+        })
+        .unwrap_or_default();
+    history.push(json!({
+        "attempt": failed.attempt,
+        "error": for_terminal(failed.error, HISTORY_ERROR_BYTES),
+        "at": now,
+    }));
+    let keep = history.len().saturating_sub(HISTORY);
+    history.drain(..keep);
+    crate::store::encode(&json!({
+        "status": "failed",
+        "error": for_terminal(failed.error, MAX_ENTRY_BYTES),
+        "attempt": failed.attempt,
+        "series": failed.series,
+        "failed_at": now,
+        "retry_at": failed.retry_at,
+        "history": history,
+    }))
 }
 
 /// The failure an entry records, if it records one.
@@ -53,14 +110,35 @@ fn parse(entry: &JsonText) -> Option<Failure> {
     let Some(Value::String(error)) = entry.get("error") else {
         return None;
     };
-    let attempt = entry
-        .get("attempt")
-        .and_then(Value::as_u64)
-        .and_then(|a| u32::try_from(a).ok())
-        .unwrap_or(1);
+    let number = |key: &str| {
+        entry
+            .get(key)
+            .and_then(Value::as_u64)
+            .and_then(|a| u32::try_from(a).ok())
+    };
+    let attempt = number("attempt").unwrap_or(1);
+    let history = entry
+        .get("history")
+        .and_then(Value::as_array)
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|item| {
+                    let attempt = u32::try_from(item.get("attempt")?.as_u64()?).ok()?;
+                    let error = item.get("error")?.as_str()?;
+                    Some((attempt, for_terminal(error, HISTORY_ERROR_BYTES)))
+                })
+                .take(HISTORY)
+                .collect()
+        })
+        .unwrap_or_default();
     Some(Failure {
         error: for_terminal(error, MAX_ENTRY_BYTES),
         attempt,
+        series: number("series").unwrap_or(attempt),
+        failed_at: entry.get("failed_at").and_then(Value::as_i64).unwrap_or(0),
+        retry_at: entry.get("retry_at").and_then(Value::as_i64),
+        history,
     })
 }
 
@@ -75,8 +153,28 @@ pub async fn record(
     error: &str,
     attempt: u32,
 ) -> Result<(), ContextStoreError> {
+    let failed = AttemptFailed {
+        error,
+        attempt,
+        series: attempt,
+        retry_at: None,
+    };
+    record_attempt(store, cx, run, node, &failed).await
+}
+
+/// Records `failed` at `node` in `run` under `cx`, keeping the history of
+/// the entry before it (one read and one write, on the failure path only).
+pub async fn record_attempt(
+    store: &dyn AsyncContextStore,
+    cx: &CallContext,
+    run: FlowRunId,
+    node: NodeId,
+    failed: &AttemptFailed<'_>,
+) -> Result<(), ContextStoreError> {
+    let key = key(run, node);
+    let earlier = store.get_global(cx, &key).await?.as_ref().and_then(parse);
     store
-        .upsert_global(cx, &key(run, node), &entry(error, attempt)?)
+        .upsert_global(cx, &key, &entry(failed, earlier.as_ref())?)
         .await
 }
 
@@ -135,7 +233,15 @@ pub fn record_failure(
     error: &str,
     attempt: u32,
 ) -> Result<(), ContextStoreError> {
-    store.upsert_global_text(&key(run, node), &entry(error, attempt)?)
+    let key = key(run, node);
+    let earlier = store.get_global_text(&key)?.as_ref().and_then(parse);
+    let failed = AttemptFailed {
+        error,
+        attempt,
+        series: attempt,
+        retry_at: None,
+    };
+    store.upsert_global_text(&key, &entry(&failed, earlier.as_ref())?)
 }
 
 /// The last failed attempt at `node` in `run`, if one failed (synchronous,

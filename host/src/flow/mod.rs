@@ -16,6 +16,7 @@ mod file;
 pub mod journal;
 mod lease;
 mod resume;
+pub mod retry;
 mod runner;
 mod status;
 
@@ -23,6 +24,7 @@ pub use file::{load, parse};
 pub use journal::JOURNAL_PREFIX;
 pub use lease::{LeaseOptions, default_worker_name};
 pub use resume::{Change, ChangedNode, check_unchanged, compare};
+pub use retry::{RetryOn, RetryPolicy};
 pub use runner::{FlowEvent, FlowReport, NodeResult, RunOptions, run};
 pub use status::{NodeState, NodeStatus, status};
 
@@ -67,6 +69,9 @@ pub struct FlowNode {
     pub limits: Limits,
     /// Its grant (flow defaults with the node's overrides).
     pub grant: Grant,
+    /// How it is retried (flow defaults with the node's overrides; by
+    /// default one attempt).
+    pub retry: RetryPolicy,
     /// The line of the node's table in the flow file.
     pub line: usize,
 }

@@ -28,6 +28,7 @@ use crate::json::JsonText;
 
 use super::lease::{LeaseOptions, Leases};
 use super::resume::{check_unchanged, compare};
+use super::retry::random_unit;
 use super::{Flow, FlowError, FlowNode, journal};
 use crate::coord::{Claim, Fence, Stored};
 use crate::error::ContextStoreError;
@@ -86,6 +87,17 @@ pub enum FlowEvent<'a> {
         node: &'a FlowNode,
         /// Why.
         reason: &'a str,
+    },
+    /// The node's step failed and will be tried again (its retry policy).
+    Retrying {
+        /// The node.
+        node: &'a FlowNode,
+        /// Why this attempt failed.
+        error: &'a StepError,
+        /// The attempt that failed.
+        attempt: u32,
+        /// The wait before the next attempt.
+        after: Duration,
     },
     /// The node will not run because an upstream node failed.
     Blocked {
@@ -305,7 +317,8 @@ pub fn run(
         callback_panic: Mutex::new(None),
         changed: Mutex::new(None),
         store_failures: Mutex::new(vec![0; flow.nodes.len()]),
-        failed: Mutex::new(failed),
+        tries: Mutex::new(failed),
+        retry_after: Mutex::new(vec![None; flow.nodes.len()]),
         held_looks: Mutex::new(vec![0; flow.nodes.len()]),
         stored_at_start,
         recent_step: Mutex::new(Duration::MAX),
@@ -383,9 +396,12 @@ struct Worker<'a> {
     changed: Mutex<Option<FlowError>>,
     /// For each node, how many of its store calls in a row failed.
     store_failures: Mutex<Vec<u32>>,
-    /// For each node, the number of its last failed attempt (0: none),
-    /// read from the journal once at start and kept up to date.
-    failed: Mutex<Vec<u32>>,
+    /// For each node, its failed attempts and any retry due, read from the
+    /// journal once at start and kept up to date.
+    tries: Mutex<Vec<Tries>>,
+    /// For each node, the wait before its next attempt, set when its step
+    /// just failed with a retry scheduled (taken by whoever settles it).
+    retry_after: Mutex<Vec<Option<Duration>>>,
     /// `jobs` slots: a node's thread holds one while it computes, and its
     /// step gives it back while a write commits.
     slots: JobSlots,
@@ -627,7 +643,14 @@ impl Worker<'_> {
 
     /// Runs node `i` on a store without coordination.
     fn run_here(&self, i: usize, known: Known) -> Attempt {
-        Attempt::Result(self.run_node(i, None, known))
+        if let Some(wait) = self.not_yet_due(i) {
+            return Attempt::Later(wait);
+        }
+        let result = self.run_node(i, None, known);
+        match self.take_retry(i) {
+            Some(wait) => Attempt::Later(wait),
+            None => Attempt::Result(result),
+        }
     }
 
     /// Claims the nodes of `batch` (each counted in `running`) in one call;
@@ -871,6 +894,17 @@ impl Worker<'_> {
             attempt,
             stop,
         } = won;
+        if attempt > self.attempt(i) {
+            // Claimed before, by a worker this one has not heard from (it
+            // died, perhaps while waiting to retry): the journal tells.
+            self.reread_tries(i);
+        }
+        if let Some(wait) = self.not_yet_due(i) {
+            // Keep the claim while waiting (it is renewed, and won again by
+            // this worker's next claim of the node).
+            leases.drop_claim(self.flow.nodes[i].node_id);
+            return Attempt::Later(wait);
+        }
         let result = self.run_node(i, Some((fence, stop, attempt)), known);
         leases.drop_claim(self.flow.nodes[i].node_id);
         self.settle_claim(leases, i, fence, result)
@@ -910,6 +944,12 @@ impl Worker<'_> {
                     Ok(()) => Attempt::Result(result),
                     Err(attempt) => attempt,
                 }
+            }
+            NodeResult::Failed(_) if self.retry_after_peek(i) => {
+                // A retry is scheduled: keep the claim while waiting (it is
+                // renewed, and won again by this worker's next claim).
+                let wait = self.take_retry(i).unwrap_or_default();
+                Attempt::Later(wait)
             }
             NodeResult::Failed(error) => {
                 if let Err(release_error) = self.block_on(coordinator.release(&cx, &fence)) {
@@ -1135,12 +1175,37 @@ impl Worker<'_> {
                 NodeResult::Failed(StepError::Stopped(reason))
             }
             Err(error) => {
-                self.journal_failure(i, &error, attempt, fence);
-                self.emit(&FlowEvent::Failed {
-                    node,
-                    error: &error,
-                    elapsed,
-                });
+                let series = lock(&self.tries)[i].series.saturating_add(1);
+                if node.retry.retries(series, &error) {
+                    let wait = node.retry.wait(series, random_unit());
+                    let due = crate::store::provenance::unix_millis_now()
+                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                    self.journal_attempt(i, &error, attempt, series, Some(due), fence);
+                    {
+                        let mut tries = lock(&self.tries);
+                        tries[i].series = series;
+                        tries[i].due = Some(due);
+                    }
+                    lock(&self.retry_after)[i] = Some(wait);
+                    self.emit(&FlowEvent::Retrying {
+                        node,
+                        error: &error,
+                        attempt,
+                        after: wait,
+                    });
+                } else {
+                    self.journal_attempt(i, &error, attempt, series, None, fence);
+                    {
+                        let mut tries = lock(&self.tries);
+                        tries[i].series = 0;
+                        tries[i].due = None;
+                    }
+                    self.emit(&FlowEvent::Failed {
+                        node,
+                        error: &error,
+                        elapsed,
+                    });
+                }
                 NodeResult::Failed(error)
             }
         }
@@ -1149,7 +1214,47 @@ impl Worker<'_> {
     /// The number of the next attempt at node `i`: one more than its last
     /// failed attempt.
     fn attempt(&self, i: usize) -> u32 {
-        lock(&self.failed)[i].saturating_add(1)
+        lock(&self.tries)[i].failed.saturating_add(1)
+    }
+
+    /// How long until node `i`'s next attempt is due (a retry scheduled by
+    /// this worker, or one the journal had at start), if it is not yet.
+    fn not_yet_due(&self, i: usize) -> Option<Duration> {
+        let due = lock(&self.tries)[i].due?;
+        let left = due.saturating_sub(crate::store::provenance::unix_millis_now());
+        (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
+    }
+
+    /// Whether node `i` has a retry scheduled by its last attempt.
+    fn retry_after_peek(&self, i: usize) -> bool {
+        lock(&self.retry_after)[i].is_some()
+    }
+
+    /// Reads node `i`'s journal entry again (another worker tried it).
+    fn reread_tries(&self, i: usize) {
+        let cx = self.bookkeeping();
+        let node = self.flow.nodes[i].node_id;
+        match self.block_on(journal::last_failures(
+            self.store.as_ref(),
+            &cx,
+            self.flow_run_id,
+            &[node],
+        )) {
+            Ok(read) => {
+                if let Some(Some(failure)) = read.first() {
+                    lock(&self.tries)[i] = Tries::from(failure);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(node = %self.flow.nodes[i].name, %error, "could not read the journal");
+            }
+        }
+    }
+
+    /// The wait before node `i`'s retry, if its step just failed with one
+    /// scheduled.
+    fn take_retry(&self, i: usize) -> Option<Duration> {
+        lock(&self.retry_after)[i].take()
     }
 
     /// The result of node `i` when running it panicked: the failure is
@@ -1172,20 +1277,41 @@ impl Worker<'_> {
     /// claim on a shared run; a journal that cannot be written is logged,
     /// not fatal.
     fn journal_failure(&self, i: usize, error: &StepError, attempt: u32, fence: Option<Fence>) {
+        let series = lock(&self.tries)[i].series.saturating_add(1);
+        self.journal_attempt(i, error, attempt, series, None, fence);
+    }
+
+    /// [`journal_failure`](Self::journal_failure) of attempt `series` of
+    /// a series of retries, with the next attempt `due` if one is.
+    fn journal_attempt(
+        &self,
+        i: usize,
+        error: &StepError,
+        attempt: u32,
+        series: u32,
+        due: Option<i64>,
+        fence: Option<Fence>,
+    ) {
         let node = &self.flow.nodes[i];
         {
-            let mut failed = lock(&self.failed);
-            failed[i] = failed[i].max(attempt);
+            let mut tries = lock(&self.tries);
+            tries[i].failed = tries[i].failed.max(attempt);
         }
         let cx = self.bookkeeping().fenced(fence);
+        let text = error.to_string();
+        let failed = journal::AttemptFailed {
+            error: &text,
+            attempt,
+            series,
+            retry_at: due,
+        };
         let recorded = catch_unwind(AssertUnwindSafe(|| {
-            self.block_on(journal::record(
+            self.block_on(journal::record_attempt(
                 self.store.as_ref(),
                 &cx,
                 self.flow_run_id,
                 node.node_id,
-                &error.to_string(),
-                attempt,
+                &failed,
             ))
         }));
         match recorded {
@@ -1261,18 +1387,40 @@ fn last_failures(
     store: &dyn AsyncContextStore,
     flow: &Flow,
     run: FlowRunId,
-) -> Vec<u32> {
+) -> Vec<Tries> {
     let nodes: Vec<_> = flow.nodes.iter().map(|n| n.node_id).collect();
     let cx = CallContext::within(Duration::from_secs(30));
     let read = runtime.block_on(journal::last_failures(store, &cx, run, &nodes));
     match read {
         Ok(failures) => failures
             .into_iter()
-            .map(|f| f.map_or(0, |f| f.attempt))
+            .map(|f| f.as_ref().map_or_else(Tries::default, Tries::from))
             .collect(),
         Err(error) => {
             tracing::warn!(%error, "could not read the run's journal; counting every node's next attempt as 1");
-            vec![0; nodes.len()]
+            vec![Tries::default(); nodes.len()]
+        }
+    }
+}
+
+/// What the journal says of a node's failed attempts.
+#[derive(Clone, Copy, Debug, Default)]
+struct Tries {
+    /// The number of its last failed attempt (0: none).
+    failed: u32,
+    /// How many attempts of the current series of retries failed (0: no
+    /// series under way).
+    series: u32,
+    /// When the next attempt of the series is due (Unix milliseconds).
+    due: Option<i64>,
+}
+
+impl From<&journal::Failure> for Tries {
+    fn from(f: &journal::Failure) -> Self {
+        Self {
+            failed: f.attempt,
+            series: if f.retry_at.is_some() { f.series } else { 0 },
+            due: f.retry_at,
         }
     }
 }

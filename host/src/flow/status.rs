@@ -38,6 +38,15 @@ pub struct NodeStatus {
     /// The worker that holds or ran the node, when the store shares runs
     /// between workers and the node was claimed.
     pub claim: Option<ClaimRecord>,
+    /// How many attempts were made at the node: the attempt that stored
+    /// its output, or the last that failed (0: none yet).
+    pub attempts: u32,
+    /// When its next attempt is due (Unix milliseconds), when its last
+    /// attempt failed and its retry policy scheduled another.
+    pub retry_at: Option<i64>,
+    /// The node's failed attempts, oldest first (the latest few):
+    /// `(attempt, error)`.
+    pub failures: Vec<(u32, String)>,
 }
 
 /// The status of every node of `flow` in run `flow_run_id`, in file order.
@@ -67,13 +76,14 @@ pub fn status(
     flow.nodes
         .iter()
         .map(|node| {
+            let failure = journal::failure(store, flow_run_id, node.node_id)?;
             let (state, output_bytes) = match store.get_text(flow_run_id, node.node_id)? {
                 Some(output) => match journal::warning(store, flow_run_id, node.node_id)? {
                     Some(warning) => (NodeState::DoneWithWarning(warning), Some(output.len())),
                     None => (NodeState::Done, Some(output.len())),
                 },
-                None => match journal::failure(store, flow_run_id, node.node_id)? {
-                    Some(failure) => (NodeState::Failed(failure.error), None),
+                None => match &failure {
+                    Some(failure) => (NodeState::Failed(failure.error.clone()), None),
                     None => (NodeState::Pending, None),
                 },
             };
@@ -83,6 +93,15 @@ pub fn status(
                 }
                 _ => None,
             };
+            let done = output_bytes.is_some();
+            let attempts = match (&provenance, &failure) {
+                (Some(p), _) => p.attempt,
+                (None, _) if done => 1,
+                (None, Some(f)) => f.attempt,
+                (None, None) => 0,
+            };
+            let retry_at = failure.as_ref().filter(|_| !done).and_then(|f| f.retry_at);
+            let failures = failure.map(|f| f.history).unwrap_or_default();
             Ok(NodeStatus {
                 name: node.name.clone(),
                 node_id: node.node_id,
@@ -90,6 +109,9 @@ pub fn status(
                 output_bytes,
                 provenance,
                 claim: claims.remove(&node.node_id),
+                attempts,
+                retry_at,
+                failures,
             })
         })
         .collect()

@@ -10,6 +10,11 @@
 //! 5. sleeps `after_ms` milliseconds more, then, with `global`, upserts the
 //!    global `<global>/after` (work a step does after storing its output).
 //!
+//! With `counter` (a global key) and `fail_first` N, before anything else
+//! it counts its invocations in that global (reads it, upserts it plus one)
+//! and fails (a guest `failed`) while fewer than N came before it: a flaky
+//! step that succeeds on attempt N + 1.
+//!
 //! `N` is a random nonce (WASI randomness and the clock) drawn once per
 //! invocation, the same in the global and the output, so that a test can
 //! tell which invocation wrote what. With `"nonce": false` the output has
@@ -43,6 +48,10 @@ struct Params {
     tag: Value,
     /// How long to sleep after the output is stored, in milliseconds.
     after_ms: u64,
+    /// A global key counting this node's invocations (with `fail_first`).
+    counter: Option<String>,
+    /// Fail while fewer invocations than this came before.
+    fail_first: u64,
 }
 
 impl Default for Params {
@@ -54,6 +63,8 @@ impl Default for Params {
             nonce: true,
             tag: Value::Null,
             after_ms: 0,
+            counter: None,
+            fail_first: 0,
         }
     }
 }
@@ -79,6 +90,19 @@ struct Slow;
 impl Step for Slow {
     fn run(ctx: Context) -> Result<(), StepError> {
         let params: Params = ctx.params()?;
+        if let Some(key) = &params.counter {
+            let before: u64 = store::get_global::<Value>(key)?
+                .and_then(|v| v.as_u64())
+                .unwrap_or(0);
+            store::upsert_global(key, &json!(before + 1))?;
+            if before < params.fail_first {
+                return Err(StepError::Failed(format!(
+                    "flaky: invocation {} of the {} that fail",
+                    before + 1,
+                    params.fail_first
+                )));
+            }
+        }
         let nonce = nonce();
         let mut inputs = Map::new();
         if params.read_first {
