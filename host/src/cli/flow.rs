@@ -19,6 +19,20 @@ pub enum FlowCommand {
     Run(RunArgs),
     /// Show each node of a run: done, pending or failed.
     Status(StatusArgs),
+    /// Cancel a run: every worker running it stops its steps at once and
+    /// exits with code 3; the run is not run again without
+    /// `flow run --resume-cancelled`.
+    Cancel(CancelArgs),
+}
+
+/// `contextstore flow cancel`.
+#[derive(clap::Args)]
+pub struct CancelArgs {
+    #[command(flatten)]
+    db: DbArgs,
+    /// The run.
+    #[arg(long, value_name = "UUID")]
+    run_id: FlowRunId,
 }
 
 /// `contextstore flow run`.
@@ -54,6 +68,9 @@ pub struct RunArgs {
     /// seconds (a dead worker's nodes are taken over after it).
     #[arg(long, value_name = "SECONDS", default_value_t = 30.0, value_parser = parse_lease)]
     lease: f64,
+    /// Run `--run-id` although it was cancelled (lifting the cancellation).
+    #[arg(long, requires = "run_id")]
+    resume_cancelled: bool,
 }
 
 /// A lease in seconds: finite, from 0.1 s to one day.
@@ -86,7 +103,18 @@ pub fn flow(command: FlowCommand) -> anyhow::Result<Outcome> {
     match command {
         FlowCommand::Run(args) => run(args),
         FlowCommand::Status(args) => status(args),
+        FlowCommand::Cancel(args) => cancel(args),
     }
+}
+
+fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
+    let store = args.db.open()?;
+    flow::cancel(store.as_ref(), args.run_id)?;
+    output::note(format_args!(
+        "flow cancel: run {} cancelled; its workers stop within a second",
+        args.run_id
+    ));
+    Ok(Outcome::Done)
 }
 
 fn run(args: RunArgs) -> anyhow::Result<Outcome> {
@@ -106,6 +134,9 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
             id
         }
     };
+    if args.resume_cancelled && flow::resume_cancelled(store.as_ref(), run_id)? {
+        output::note(format_args!("flow run: resuming cancelled run {run_id}"));
+    }
     let jobs = args
         .jobs
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
@@ -127,6 +158,12 @@ fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     ) {
         Err(error @ flow::FlowError::Changed { .. }) => {
             bail!("{error}; pass --restart to start a new run")
+        }
+        Err(error @ flow::FlowError::Cancelled { .. }) => {
+            output::note(format_args!(
+                "error: {error}; pass --resume-cancelled to run it again"
+            ));
+            return Ok(Outcome::Cancelled);
         }
         other => other?,
     };
@@ -167,6 +204,7 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
     let flow = flow::load(&args.flow)?;
     let store = args.db.open_read_only()?;
     let nodes = flow::status(store.as_ref(), &flow, args.run_id)?;
+    let cancelled = flow::is_cancelled(store.as_ref(), args.run_id)?;
     if args.json {
         let rows: Vec<Value> = nodes
             .iter()
@@ -199,12 +237,22 @@ fn status(args: StatusArgs) -> anyhow::Result<Outcome> {
                 row
             })
             .collect();
-        output::line(serde_json::to_string_pretty(
-            &json!({"flow_run_id": args.run_id, "nodes": rows}),
-        )?)?;
+        output::line(serde_json::to_string_pretty(&json!({
+            "flow_run_id": args.run_id,
+            "cancelled": cancelled.is_some(),
+            "cancelled_at_ms": cancelled,
+            "nodes": rows,
+        }))?)?;
     } else {
         let width = nodes.iter().map(|n| n.name.len()).max().unwrap_or(4).max(4);
         let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        if cancelled.is_some() {
+            output::written(writeln!(
+                out,
+                "run {} cancelled (flow run --resume-cancelled runs it again)",
+                args.run_id
+            ))?;
+        }
         // A worker column only for a store that workers share.
         let workers: Option<Vec<String>> = nodes
             .iter()

@@ -24,6 +24,8 @@ pub enum Outcome {
     Done,
     /// Exit 1: the thing asked for is not there.
     NotFound,
+    /// Exit 3: the run was cancelled.
+    Cancelled,
 }
 
 #[derive(Parser)]
@@ -128,6 +130,7 @@ pub fn main() -> ExitCode {
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,
         Ok(Outcome::NotFound) => ExitCode::from(1),
+        Ok(Outcome::Cancelled) => ExitCode::from(3),
         // The reader of our output went away (`| head -1`): end quietly.
         Err(error) if error.downcast_ref::<output::Closed>().is_some() => ExitCode::SUCCESS,
         Err(error) => {

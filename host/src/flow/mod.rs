@@ -12,6 +12,7 @@ use crate::id::{FlowRunId, NodeId};
 use crate::limits::Limits;
 use crate::runtime::Invocation;
 
+pub mod cancel;
 mod file;
 pub mod journal;
 mod lease;
@@ -20,6 +21,7 @@ pub mod retry;
 mod runner;
 mod status;
 
+pub use cancel::{cancel, is_cancelled, resume_cancelled};
 pub use file::{load, parse};
 pub use journal::JOURNAL_PREFIX;
 pub use lease::{LeaseOptions, default_worker_name};
@@ -204,6 +206,15 @@ pub enum FlowError {
     /// The store failed outside of any step.
     #[error(transparent)]
     Store(#[from] crate::error::ContextStoreError),
+    /// The run was cancelled ([`cancel`]): before this worker started, or
+    /// while it ran (its running steps were stopped, nothing they wrote
+    /// afterwards is stored, no further node was started). Running it
+    /// again needs [`resume_cancelled`] first.
+    #[error("run {flow_run_id} was cancelled")]
+    Cancelled {
+        /// The run.
+        flow_run_id: FlowRunId,
+    },
     /// The [`RunOptions::on_event`] callback panicked: no node was started
     /// after that, the nodes already running finished, and the run ended.
     /// Their outputs are stored; running the flow again resumes it.

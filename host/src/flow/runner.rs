@@ -282,6 +282,9 @@ pub fn run(
         };
         components.push(component);
     }
+    if super::cancel::is_cancelled(store.as_ref(), flow_run_id)?.is_some() {
+        return Err(FlowError::Cancelled { flow_run_id });
+    }
     let stored_at_start = check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
     let shared = crate::store::to_async(store.clone());
     let leases = shared
@@ -329,13 +332,17 @@ pub fn run(
         ),
         threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
+        cancelled: AtomicBool::new(false),
+        running_stops: Mutex::new(HashMap::new()),
         slots: JobSlots::new(options.jobs.max(1)),
     };
+    let ended = (Mutex::new(false), Condvar::new());
     let workers = worker.threads;
     std::thread::scope(|scope| {
         if let Some(leases) = &leases {
             scope.spawn(|| leases.keep());
         }
+        scope.spawn(|| worker.watch_cancel(&board, &wake, &ended));
         let threads: Vec<_> = (0..workers)
             .map(|_| scope.spawn(|| worker.work(&board, &wake)))
             .collect();
@@ -343,10 +350,15 @@ pub fn run(
             // A worker catches every panic of a node or a callback itself.
             let _ = thread.join();
         }
+        *lock(&ended.0) = true;
+        ended.1.notify_all();
         if let Some(leases) = &leases {
             leases.stop();
         }
     });
+    if worker.cancelled.load(Ordering::SeqCst) {
+        return Err(FlowError::Cancelled { flow_run_id });
+    }
     if let Some(message) = worker
         .callback_panic
         .into_inner()
@@ -420,6 +432,10 @@ struct Worker<'a> {
     spread: Spread,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
+    /// Set when the run was found cancelled (and `stopped` with it).
+    cancelled: AtomicBool,
+    /// The stop signal of each invocation running, by node.
+    running_stops: Mutex<HashMap<usize, StopSignal>>,
 }
 
 /// One node counted in [`Board::running`]: dropping it (however the node
@@ -612,6 +628,43 @@ impl Worker<'_> {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
+    }
+
+    /// Looks for the run's cancellation mark every
+    /// [`WATCH_EVERY`](super::cancel::WATCH_EVERY) until the run ends
+    /// (`ended`); once found, starts no further node and stops every
+    /// running step at once.
+    fn watch_cancel(&self, board: &Mutex<Board>, wake: &Condvar, ended: &(Mutex<bool>, Condvar)) {
+        loop {
+            {
+                let done = lock(&ended.0);
+                let (done, _) = ended
+                    .1
+                    .wait_timeout_while(done, super::cancel::WATCH_EVERY, |done| !*done)
+                    .unwrap_or_else(PoisonError::into_inner);
+                if *done {
+                    return;
+                }
+            }
+            let cx = CallContext::within(Duration::from_secs(5));
+            match self.block_on(super::cancel::cancelled(
+                self.store.as_ref(),
+                &cx,
+                self.flow_run_id,
+            )) {
+                Ok(true) => break,
+                Ok(false) => {}
+                Err(error) => tracing::debug!(%error, "could not look for the run's cancellation"),
+            }
+        }
+        tracing::warn!(run = %self.flow_run_id, "the run was cancelled: stopping its steps");
+        self.cancelled.store(true, Ordering::SeqCst);
+        self.stopped.store(true, Ordering::SeqCst);
+        for stop in lock(&self.running_stops).values() {
+            stop.stop("the run was cancelled");
+        }
+        let _board = lock(board);
+        wake.notify_all();
     }
 
     /// Calls `on_event`, catching a panic: the first one is kept for the
@@ -1088,6 +1141,19 @@ impl Worker<'_> {
         let node = &self.flow.nodes[i];
         self.emit(&FlowEvent::Started { node });
         let fence = claim.as_ref().map(|(fence, _, _)| *fence);
+        // The invocation's stop signal: its claim's on a shared run, else
+        // its own; either is given when the run is cancelled.
+        let stop = claim
+            .as_ref()
+            .map_or_else(StopSignal::new, |(_, stop, _)| stop.clone());
+        lock(&self.running_stops).insert(i, stop.clone());
+        if self.cancelled.load(Ordering::SeqCst) {
+            stop.stop("the run was cancelled");
+        }
+        let _unregister = Unregister {
+            stops: &self.running_stops,
+            node: i,
+        };
         let attempt = match &claim {
             // Every attempt on a shared run has a claim of its own: the
             // claim's count is the attempt's number.
@@ -1104,7 +1170,7 @@ impl Worker<'_> {
         let unfinished = claim.is_some() || (self.leases.is_none() && !self.stored_at_start[i]);
         let control = RunControl {
             fence,
-            stop: claim.map(|(_, stop, _)| stop),
+            stop: Some(stop),
             slots: Some(self.slots.clone()),
             known_outputs: known,
             unfinished,
@@ -1165,9 +1231,12 @@ impl Worker<'_> {
                     elapsed,
                 }
             }
-            // A step stopped because its claim was lost is not this
-            // worker's failure to report: the node is looked at again.
-            Err(StepError::Stopped(reason)) if fence.is_some() => {
+            // A step stopped because its claim was lost (or the run was
+            // cancelled) is not this worker's failure to report: the node
+            // is looked at again (or the run ends).
+            Err(StepError::Stopped(reason))
+                if fence.is_some() || self.cancelled.load(Ordering::SeqCst) =>
+            {
                 self.emit(&FlowEvent::Stopped {
                     node,
                     reason: &reason,
@@ -1361,6 +1430,19 @@ impl Spread {
         x ^= x << 17;
         self.0.store(x, Ordering::Relaxed);
         (x % n.max(1) as u64) as usize
+    }
+}
+
+/// Takes a node's stop signal out of [`Worker::running_stops`] when its
+/// invocation ends, however it ends.
+struct Unregister<'a> {
+    stops: &'a Mutex<HashMap<usize, StopSignal>>,
+    node: usize,
+}
+
+impl Drop for Unregister<'_> {
+    fn drop(&mut self) {
+        lock(self.stops).remove(&self.node);
     }
 }
 

@@ -1,0 +1,200 @@
+//! Cancelling a run: `contextstore flow cancel` stops the sleeping steps of
+//! every worker of the run within a second, each worker exits with code 3,
+//! nothing the stopped steps would have written is stored, `flow status`
+//! shows the run cancelled, and running it again needs
+//! `--resume-cancelled`. On SQLite (one worker) and PostgreSQL (two).
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use contextstore::{ContextStore, FlowRunId, PostgresContextStore, SqliteContextStore};
+use contextstore_tests::{cli, cli_binary, components, postgres_cluster};
+use serde_json::Value;
+
+/// `nodes` independent `slow` nodes that each sleep `sleep_ms`.
+fn sleepy_flow(dir: &Path, nodes: usize, sleep_ms: u64) -> PathBuf {
+    let slow = Value::from(components::SLOW);
+    let mut text = String::from("name = \"sleepy\"\n");
+    for i in 0..nodes {
+        text += &format!(
+            "[nodes.s{i}]\ncomponent = {slow}\nparams = {{ sleep_ms = {sleep_ms}, nonce = false }}\n"
+        );
+    }
+    let path = dir.join("sleepy.toml");
+    std::fs::write(&path, text).unwrap();
+    path
+}
+
+/// A `flow run` process and the events it prints.
+struct Worker {
+    child: Child,
+    events: mpsc::Receiver<Value>,
+}
+
+impl Worker {
+    fn start(flow: &Path, db: &str, run: FlowRunId, name: &str, jobs: usize) -> Self {
+        let mut child = Command::new(cli_binary())
+            .args(["flow", "run", flow.to_str().unwrap(), "--db", db])
+            .args(["--run-id", &run.to_string(), "--worker", name, "--events"])
+            .args(["--jobs", &jobs.to_string(), "--lease", "5"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("flow run starts");
+        let stderr = child.stderr.take().unwrap();
+        let (send, events) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Ok(event) = serde_json::from_str::<Value>(&line) {
+                    let _ = send.send(event);
+                }
+            }
+        });
+        Self { child, events }
+    }
+
+    /// Waits (a minute at most) until `count` steps have started.
+    fn wait_started(&self, count: usize) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let mut started = 0;
+        while started < count {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let event = self.events.recv_timeout(left).expect("steps start");
+            if event["event"] == "started" {
+                started += 1;
+            }
+        }
+    }
+
+    /// Waits (ten seconds at most) for the process to exit; its exit code.
+    fn exit_code(&mut self) -> Option<i32> {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status.code();
+            }
+            if Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("the worker did not exit after the cancel");
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
+/// Cancels `run` in `db` and returns when the command returned.
+fn cancel(db: &str, run: FlowRunId) -> Instant {
+    let out = cli(&["flow", "cancel", "--db", db, "--run-id", &run.to_string()]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Instant::now()
+}
+
+#[test]
+fn a_cancel_stops_a_sqlite_run_and_it_resumes_only_when_asked() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = sleepy_flow(dir.path(), 2, 3_000);
+    let db_path = dir.path().join("context.db");
+    let db = db_path.to_str().unwrap();
+    let run = FlowRunId::new();
+    let mut worker = Worker::start(&flow, db, run, "w1", 2);
+    worker.wait_started(2);
+    let cancelled = cancel(db, run);
+    assert_eq!(worker.exit_code(), Some(3), "a cancelled run exits 3");
+    let took = cancelled.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "stopped {took:?} after the cancel"
+    );
+    let store = SqliteContextStore::open(&db_path).unwrap();
+    assert!(
+        store.list_keys(run).unwrap().is_empty(),
+        "nothing stored after the cancel"
+    );
+    drop(store);
+
+    let status = cli(&[
+        "flow",
+        "status",
+        flow.to_str().unwrap(),
+        "--db",
+        db,
+        "--run-id",
+        &run.to_string(),
+        "--json",
+    ]);
+    let status: Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["cancelled"], true, "{status}");
+
+    let again = cli(&[
+        "flow",
+        "run",
+        flow.to_str().unwrap(),
+        "--db",
+        db,
+        "--run-id",
+        &run.to_string(),
+    ]);
+    assert_eq!(
+        again.status.code(),
+        Some(3),
+        "a cancelled run is not run again"
+    );
+    let text = String::from_utf8_lossy(&again.stderr);
+    assert!(text.contains("--resume-cancelled"), "{text}");
+
+    let resumed = cli(&[
+        "flow",
+        "run",
+        flow.to_str().unwrap(),
+        "--db",
+        db,
+        "--run-id",
+        &run.to_string(),
+        "--resume-cancelled",
+    ]);
+    assert!(
+        resumed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&resumed.stderr)
+    );
+    let outputs: Value = serde_json::from_slice(&resumed.stdout).unwrap();
+    assert_eq!(outputs.as_object().map(|o| o.len()), Some(2), "{outputs}");
+    eprintln!(
+        "cancel sqlite: the worker exited 3 {took:.1?} after the cancel; resumed with --resume-cancelled"
+    );
+}
+
+#[test]
+fn a_cancel_stops_both_workers_of_a_postgres_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let flow = sleepy_flow(dir.path(), 4, 3_000);
+    let db = postgres_cluster::fresh_database();
+    let run = FlowRunId::new();
+    let mut first = Worker::start(&flow, &db, run, "w1", 1);
+    let mut second = Worker::start(&flow, &db, run, "w2", 1);
+    first.wait_started(1);
+    second.wait_started(1);
+    let cancelled = cancel(&db, run);
+    let codes = [first.exit_code(), second.exit_code()];
+    let took = cancelled.elapsed();
+    assert_eq!(codes, [Some(3), Some(3)], "both workers exit 3");
+    assert!(
+        took < Duration::from_secs(1),
+        "both stopped {took:?} after the cancel"
+    );
+    let store = PostgresContextStore::connect(&db).unwrap();
+    assert!(
+        store.list_keys(run).unwrap().is_empty(),
+        "nothing stored after the cancel"
+    );
+    eprintln!(
+        "cancel postgres: both workers exited 3 within {took:.1?} of the cancel, 0 outputs stored"
+    );
+}
