@@ -96,6 +96,25 @@ fn cancel(db: &str, run: FlowRunId) -> Instant {
     Instant::now()
 }
 
+/// Checks that the workers, which have exited, did so within a second of
+/// the cancel, and that `run` has no output; how long it took.
+fn stopped_soon_with_nothing_stored(
+    cancelled: Instant,
+    store: &dyn ContextStore,
+    run: FlowRunId,
+) -> Duration {
+    let took = cancelled.elapsed();
+    assert!(
+        took < Duration::from_secs(1),
+        "stopped {took:?} after the cancel"
+    );
+    assert!(
+        store.list_keys(run).unwrap().is_empty(),
+        "nothing stored after the cancel"
+    );
+    took
+}
+
 #[test]
 fn a_cancel_stops_a_sqlite_run_and_it_resumes_only_when_asked() {
     let dir = tempfile::tempdir().unwrap();
@@ -107,16 +126,8 @@ fn a_cancel_stops_a_sqlite_run_and_it_resumes_only_when_asked() {
     worker.wait_started(2);
     let cancelled = cancel(db, run);
     assert_eq!(worker.exit_code(), Some(3), "a cancelled run exits 3");
-    let took = cancelled.elapsed();
-    assert!(
-        took < Duration::from_secs(1),
-        "stopped {took:?} after the cancel"
-    );
     let store = SqliteContextStore::open(&db_path).unwrap();
-    assert!(
-        store.list_keys(run).unwrap().is_empty(),
-        "nothing stored after the cancel"
-    );
+    let took = stopped_soon_with_nothing_stored(cancelled, &store, run);
     drop(store);
 
     let status = cli(&[
@@ -183,17 +194,9 @@ fn a_cancel_stops_both_workers_of_a_postgres_run() {
     second.wait_started(1);
     let cancelled = cancel(&db, run);
     let codes = [first.exit_code(), second.exit_code()];
-    let took = cancelled.elapsed();
     assert_eq!(codes, [Some(3), Some(3)], "both workers exit 3");
-    assert!(
-        took < Duration::from_secs(1),
-        "both stopped {took:?} after the cancel"
-    );
     let store = PostgresContextStore::connect(&db).unwrap();
-    assert!(
-        store.list_keys(run).unwrap().is_empty(),
-        "nothing stored after the cancel"
-    );
+    let took = stopped_soon_with_nothing_stored(cancelled, &store, run);
     eprintln!(
         "cancel postgres: both workers exited 3 within {took:.1?} of the cancel, 0 outputs stored"
     );
