@@ -171,25 +171,25 @@ fn a_guests_invalid_params_are_never_retried() {
 }
 
 /// A worker killed while waiting out a backoff: the journal holds when the
-/// next attempt is due, and the worker started after it waits until then
-/// and continues the same series (here of 2 attempts: it makes the last
-/// one, which fails, instead of starting a new series that would succeed).
-#[test]
-fn a_worker_killed_mid_backoff_leaves_the_schedule_to_the_next() {
-    let (dir, _store) = temp_store();
-    let flow = flaky_flow(dir.path(), 2, 2, 3.0);
-    let db = dir.path().join("context.db");
+/// next attempt is due, and the worker started after it (on PostgreSQL
+/// another worker, once the dead one's lease expired) waits until then and
+/// continues the same series (here of 2 attempts: it makes the last one,
+/// which fails, instead of starting a new series that would succeed).
+fn killed_mid_backoff(dir: &Path, db: &str, backend: &str) {
+    let flow = flaky_flow(dir, 2, 2, 3.0);
     let run = FlowRunId::new().to_string();
-    let start = |events: bool| {
+    let start = |worker: &str, events: bool| {
         let mut cmd = Command::new(cli_binary());
-        cmd.args([
-            "flow",
-            "run",
-            flow.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ])
-        .args(["--run-id", &run, "--no-cache"]);
+        cmd.args(["flow", "run", flow.to_str().unwrap(), "--db", db])
+            .args([
+                "--run-id",
+                &run,
+                "--no-cache",
+                "--worker",
+                worker,
+                "--lease",
+                "2",
+            ]);
         if events {
             cmd.arg("--events");
         }
@@ -198,14 +198,14 @@ fn a_worker_killed_mid_backoff_leaves_the_schedule_to_the_next() {
             .spawn()
             .expect("starts")
     };
-    let mut first = start(true);
+    let mut first = start("w1", true);
     let stderr = first.stderr.take().unwrap();
     let mut lines = std::io::BufRead::lines(std::io::BufReader::new(stderr));
     let deadline = Instant::now() + Duration::from_secs(60);
     let retrying_at = loop {
-        assert!(Instant::now() < deadline, "no retrying event");
+        assert!(Instant::now() < deadline, "{backend}: no retrying event");
         let Some(Ok(line)) = lines.next() else {
-            panic!("the first worker ended without retrying")
+            panic!("{backend}: the first worker ended without retrying")
         };
         if let Ok(event) = serde_json::from_str::<Value>(&line)
             && event["event"] == "retrying"
@@ -218,39 +218,50 @@ fn a_worker_killed_mid_backoff_leaves_the_schedule_to_the_next() {
     first.kill().unwrap();
     first.wait().unwrap();
     let restarted = Instant::now();
-    let second = start(false).wait_with_output().expect("second worker");
+    let second = start("w2", false)
+        .wait_with_output()
+        .expect("second worker");
     let took = restarted.elapsed();
-    let waited = retrying_at.elapsed();
     // The series of 2 went on: attempt 2 failed, and no third was made.
     assert_eq!(
         second.status.code(),
         Some(2),
-        "{}",
+        "{backend}: {}",
         String::from_utf8_lossy(&second.stderr)
     );
     let due_left = Duration::from_millis(3000).saturating_sub(restarted - retrying_at);
     assert!(
         took + Duration::from_millis(100) >= due_left,
-        "the restarted worker ran before the retry was due: took {took:?}, {due_left:?} were left"
+        "{backend}: the next worker ran before the retry was due: took {took:?}, {due_left:?} were left"
     );
-    assert!(waited < Duration::from_secs(30), "{waited:?}");
+    assert!(took < Duration::from_secs(30), "{backend}: {took:?}");
     let status = Command::new(cli_binary())
-        .args([
-            "flow",
-            "status",
-            flow.to_str().unwrap(),
-            "--db",
-            db.to_str().unwrap(),
-        ])
+        .args(["flow", "status", flow.to_str().unwrap(), "--db", db])
         .args(["--run-id", &run, "--json"])
         .output()
         .unwrap();
     let status: Value = serde_json::from_slice(&status.stdout).unwrap();
-    assert_eq!(status["nodes"][0]["attempts"], 2, "{status}");
-    assert_eq!(status["nodes"][0]["status"], "failed", "{status}");
+    assert_eq!(status["nodes"][0]["attempts"], 2, "{backend}: {status}");
+    assert_eq!(
+        status["nodes"][0]["status"], "failed",
+        "{backend}: {status}"
+    );
     eprintln!(
-        "retries killed mid-backoff: restarted {:.1?} after the failure, waited {took:.1?} \
-         for the 3 s backoff to end, made attempt 2 of 2",
+        "retries {backend} killed mid-backoff: the next worker started {:.1?} after the failure, \
+         took {took:.1?} (the 3 s backoff, 2 s leases), made attempt 2 of 2",
         restarted - retrying_at
     );
+}
+
+#[test]
+fn a_worker_killed_mid_backoff_leaves_the_schedule_to_the_next() {
+    let (dir, _store) = temp_store();
+    let db = dir.path().join("context.db");
+    killed_mid_backoff(dir.path(), db.to_str().unwrap(), "sqlite");
+}
+
+#[test]
+fn a_worker_killed_mid_backoff_on_postgres_leaves_the_schedule_to_the_next() {
+    let dir = tempfile::tempdir().unwrap();
+    killed_mid_backoff(dir.path(), &postgres_cluster::fresh_database(), "postgres");
 }
