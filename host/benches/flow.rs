@@ -40,14 +40,13 @@ use std::time::{Duration, Instant};
 
 use contextstore::flow::{self, FlowEvent, LeaseOptions, RunOptions};
 use contextstore::runtime::RuntimeConfig;
-use contextstore::{
-    ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, PostgresContextStore, Runtime,
-    SqliteContextStore,
-};
+use contextstore::{ContextStore, FlowRunId, PostgresContextStore, Runtime, SqliteContextStore};
 use serde_json::json;
 
 #[path = "../tests/support/postgres_cluster.rs"]
 mod postgres_cluster;
+#[path = "support/starts.rs"]
+mod starts;
 
 /// Nodes in one layer of the flow.
 const LAYER: usize = 50;
@@ -418,8 +417,8 @@ fn postgres(runtime: &Runtime, dir: &Path, rows: &mut Vec<Row>) {
     });
 }
 
-/// p50 and p99 of `Runtime::run` of `wasm` as a node whose upstreams (by
-/// name) hold `upstream` outputs, with `params`.
+/// p50 and p99 of [`STARTS`] runs of the step in `wasm` (see
+/// [`starts::start_latency`]); `None` when it is not built.
 fn start_latency(
     runtime: &Runtime,
     wasm: &Path,
@@ -431,33 +430,9 @@ fn start_latency(
         return None;
     }
     let component = runtime.load_file(wasm).expect("component loads");
-    let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::in_memory().expect("store"));
-    let run = FlowRunId::new();
-    let upstream: Vec<(&str, NodeId)> = upstream
-        .iter()
-        .map(|(name, value)| {
-            let node = NodeId::new();
-            store.put(run, node, value).expect("upstream put");
-            (*name, node)
-        })
-        .collect();
-    let (grant, limits) = (Grant::default(), Limits::default());
-    let mut latencies = Vec::with_capacity(STARTS);
-    for i in 0..STARTS + STARTS / 10 {
-        let mut invocation = Invocation::new(run, NodeId::new()).with_params(params.clone());
-        for (name, node) in &upstream {
-            invocation = invocation.with_upstream(*name, *node);
-        }
-        let started = Instant::now();
-        runtime
-            .run(&component, &store, &invocation, &grant, &limits)
-            .expect("step runs");
-        if i >= STARTS / 10 {
-            latencies.push(started.elapsed());
-        }
-    }
-    latencies.sort();
-    Some((latencies[STARTS / 2], latencies[STARTS * 99 / 100]))
+    Some(starts::start_latency(
+        runtime, &component, &params, upstream, STARTS,
+    ))
 }
 
 fn micros(d: Duration) -> String {

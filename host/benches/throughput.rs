@@ -42,6 +42,9 @@ use contextstore::{
 };
 use serde_json::json;
 
+#[path = "support/starts.rs"]
+mod starts;
+
 /// How long each throughput window runs.
 const WINDOW: Duration = Duration::from_millis(1500);
 const WRITERS: usize = 16;
@@ -306,24 +309,7 @@ fn load(runtime: &Runtime) -> StepComponent {
 
 /// p50 and p99 of instantiating and running the trivial step.
 fn start_latency(runtime: &Runtime) -> (Duration, Duration) {
-    let component = load(runtime);
-    let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::in_memory().expect("store"));
-    let run = FlowRunId::new();
-    let (grant, limits) = (Grant::default(), Limits::default());
-    let mut latencies = Vec::with_capacity(STARTS);
-    for i in 0..STARTS + STARTS / 10 {
-        let invocation = Invocation::new(run, NodeId::new());
-        let started = Instant::now();
-        runtime
-            .run(&component, &store, &invocation, &grant, &limits)
-            .expect("bench step runs");
-        // The first tenth warms up.
-        if i >= STARTS / 10 {
-            latencies.push(started.elapsed());
-        }
-    }
-    latencies.sort();
-    (latencies[STARTS / 2], latencies[STARTS * 99 / 100])
+    starts::start_latency(runtime, &load(runtime), &json!(null), &[], STARTS)
 }
 
 fn starts(rows: &mut Vec<Row>) {
