@@ -102,7 +102,7 @@ pub struct GuestStore {
     /// Outputs of this run read before the invocation started (its
     /// upstreams): stored outputs never change, so a `get` of one is
     /// answered from here, without a store call.
-    known: HashMap<NodeId, JsonText>,
+    known: Arc<HashMap<NodeId, JsonText>>,
     /// The runner's job slots: given back while a write waits for its
     /// commit, taken again after.
     slots: Option<JobSlots>,
@@ -203,7 +203,7 @@ impl GuestStore {
             timed_out: false,
             provenance: None,
             in_flight: InFlight::default(),
-            known: HashMap::new(),
+            known: Arc::default(),
             slots: None,
         }
     }
@@ -211,7 +211,7 @@ impl GuestStore {
     /// Answers `get`s of these outputs of the invocation's run without a
     /// store call: outputs already stored (an output never changes once
     /// stored, so the answer is the store's).
-    pub fn with_known_outputs(mut self, known: HashMap<NodeId, JsonText>) -> Self {
+    pub fn with_known_outputs(mut self, known: Arc<HashMap<NodeId, JsonText>>) -> Self {
         self.known = known;
         self
     }

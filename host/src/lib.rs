@@ -64,6 +64,8 @@ pub mod guest_store;
 pub mod id;
 pub mod json;
 pub mod limits;
+#[cfg(any(feature = "flow", feature = "postgres"))]
+mod random;
 #[cfg(feature = "runtime")]
 pub mod runtime;
 #[cfg(feature = "async")]

@@ -127,17 +127,6 @@ impl RetryPolicy {
     }
 }
 
-/// A number in `[0, 1)` from a randomly keyed hasher and the clock.
-pub(super) fn random_unit() -> f64 {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(now);
-    (hasher.finish() >> 11) as f64 / (1u64 << 53) as f64
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,10 +157,6 @@ mod tests {
         assert_eq!(policy.wait(1, 0.5), Duration::from_millis(750));
         let least = policy.wait(1, 0.999_999);
         assert!(least >= Duration::from_millis(500) && least < Duration::from_millis(501));
-        for _ in 0..100 {
-            let r = random_unit();
-            assert!((0.0..1.0).contains(&r), "{r}");
-        }
     }
 
     #[test]

@@ -28,7 +28,6 @@ use crate::json::JsonText;
 
 use super::lease::{LeaseOptions, Leases};
 use super::resume::{check_unchanged, compare};
-use super::retry::random_unit;
 use super::{Flow, FlowError, FlowNode, journal};
 use crate::coord::{Claim, Fence, Stored};
 use crate::error::ContextStoreError;
@@ -321,15 +320,9 @@ pub fn run(
         changed: Mutex::new(None),
         store_failures: Mutex::new(vec![0; flow.nodes.len()]),
         tries: Mutex::new(failed),
-        retry_after: Mutex::new(vec![None; flow.nodes.len()]),
         held_looks: Mutex::new(vec![0; flow.nodes.len()]),
         stored_at_start,
         recent_step: Mutex::new(Duration::MAX),
-        spread: Spread::new(
-            leases
-                .as_ref()
-                .map_or(0, |l| l.worker.incarnation.as_u128() as u64),
-        ),
         threads: workers_for(options.jobs, flow),
         stopped: AtomicBool::new(false),
         cancelled: AtomicBool::new(false),
@@ -411,9 +404,6 @@ struct Worker<'a> {
     /// For each node, its failed attempts and any retry due, read from the
     /// journal once at start and kept up to date.
     tries: Mutex<Vec<Tries>>,
-    /// For each node, the wait before its next attempt, set when its step
-    /// just failed with a retry scheduled (taken by whoever settles it).
-    retry_after: Mutex<Vec<Option<Duration>>>,
     /// `jobs` slots: a node's thread holds one while it computes, and its
     /// step gives it back while a write commits.
     slots: JobSlots,
@@ -428,8 +418,6 @@ struct Worker<'a> {
     /// How long steps take, as a moving average of the steps this worker
     /// ran (unknown at first: taken as long).
     recent_step: Mutex<Duration>,
-    /// Where this worker starts taking ready nodes for a batch.
-    spread: Spread,
     /// Set when `on_event` panicked or the flow changed: start no further node.
     stopped: AtomicBool,
     /// Set when the run was found cancelled (and `stopped` with it).
@@ -591,7 +579,8 @@ impl Worker<'_> {
                 // claims a stretch starting at a point of its own, so that
                 // their batches seldom meet (a node another worker just
                 // claimed costs a look again later).
-                let start = self.spread.next(b.ready.len());
+                let len = b.ready.len();
+                let start = ((crate::random::unit() * len as f64) as usize).min(len - 1);
                 b.ready.rotate_left(start);
             }
             while batch.len() < room {
@@ -998,13 +987,12 @@ impl Worker<'_> {
                     Err(attempt) => attempt,
                 }
             }
-            NodeResult::Failed(_) if self.retry_after_peek(i) => {
-                // A retry is scheduled: keep the claim while waiting (it is
-                // renewed, and won again by this worker's next claim).
-                let wait = self.take_retry(i).unwrap_or_default();
-                Attempt::Later(wait)
-            }
             NodeResult::Failed(error) => {
+                if let Some(wait) = self.take_retry(i) {
+                    // A retry is scheduled: keep the claim while waiting (it
+                    // is renewed, and won again by this worker's next claim).
+                    return Attempt::Later(wait);
+                }
                 if let Err(release_error) = self.block_on(coordinator.release(&cx, &fence)) {
                     tracing::warn!(node = %self.flow.nodes[i].name, error = %release_error, "could not give up the claim; it expires with its lease");
                 }
@@ -1172,7 +1160,7 @@ impl Worker<'_> {
             fence,
             stop: Some(stop),
             slots: Some(self.slots.clone()),
-            known_outputs: known,
+            known_outputs: Arc::new(known),
             unfinished,
         };
         let started = Instant::now();
@@ -1246,7 +1234,7 @@ impl Worker<'_> {
             Err(error) => {
                 let series = lock(&self.tries)[i].series.saturating_add(1);
                 if node.retry.retries(series, &error) {
-                    let wait = node.retry.wait(series, random_unit());
+                    let wait = node.retry.wait(series, crate::random::unit());
                     let due = crate::store::provenance::unix_millis_now()
                         .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
                     self.journal_attempt(i, &error, attempt, series, Some(due), fence);
@@ -1254,8 +1242,8 @@ impl Worker<'_> {
                         let mut tries = lock(&self.tries);
                         tries[i].series = series;
                         tries[i].due = Some(due);
+                        tries[i].pending = Some(wait);
                     }
-                    lock(&self.retry_after)[i] = Some(wait);
                     self.emit(&FlowEvent::Retrying {
                         node,
                         error: &error,
@@ -1294,11 +1282,6 @@ impl Worker<'_> {
         (left > 0).then(|| Duration::from_millis(u64::try_from(left).unwrap_or(0)))
     }
 
-    /// Whether node `i` has a retry scheduled by its last attempt.
-    fn retry_after_peek(&self, i: usize) -> bool {
-        lock(&self.retry_after)[i].is_some()
-    }
-
     /// Reads node `i`'s journal entry again (another worker tried it).
     fn reread_tries(&self, i: usize) {
         let cx = self.bookkeeping();
@@ -1323,7 +1306,7 @@ impl Worker<'_> {
     /// The wait before node `i`'s retry, if its step just failed with one
     /// scheduled.
     fn take_retry(&self, i: usize) -> Option<Duration> {
-        lock(&self.retry_after)[i].take()
+        lock(&self.tries)[i].pending.take()
     }
 
     /// The result of node `i` when running it panicked: the failure is
@@ -1413,26 +1396,6 @@ impl Worker<'_> {
     }
 }
 
-/// A small pseudo-random sequence (xorshift), seeded per worker: where
-/// each claim batch starts among the ready nodes.
-struct Spread(std::sync::atomic::AtomicU64);
-
-impl Spread {
-    fn new(seed: u64) -> Self {
-        Self(std::sync::atomic::AtomicU64::new(seed | 1))
-    }
-
-    /// A number below `n` (`n` > 0).
-    fn next(&self, n: usize) -> usize {
-        let mut x = self.0.load(Ordering::Relaxed);
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        self.0.store(x, Ordering::Relaxed);
-        (x % n.max(1) as u64) as usize
-    }
-}
-
 /// Takes a node's stop signal out of [`Worker::running_stops`] when its
 /// invocation ends, however it ends.
 struct Unregister<'a> {
@@ -1495,6 +1458,9 @@ struct Tries {
     series: u32,
     /// When the next attempt of the series is due (Unix milliseconds).
     due: Option<i64>,
+    /// The wait before the next attempt, set when this worker's step just
+    /// failed with a retry scheduled (taken by whoever settles the node).
+    pending: Option<Duration>,
 }
 
 impl From<&journal::Failure> for Tries {
@@ -1503,6 +1469,7 @@ impl From<&journal::Failure> for Tries {
             failed: f.attempt,
             series: if f.retry_at.is_some() { f.series } else { 0 },
             due: f.retry_at,
+            pending: None,
         }
     }
 }

@@ -2,6 +2,7 @@
 //! deadline over everything, the output checked in the store afterwards.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
@@ -141,7 +142,7 @@ impl Runtime {
         // own output (is it done?) and its upstreams' (what the step will
         // read: stored outputs never change, so the guest's gets of them are
         // answered from these).
-        let mut known = control.known_outputs.clone();
+        let mut known = Arc::clone(&control.known_outputs);
         let mut wanted = Vec::with_capacity(1 + invocation.upstream.len());
         if !control.unfinished {
             wanted.push(node_id);
@@ -159,8 +160,10 @@ impl Runtime {
             for (id, value) in wanted.iter().zip(read) {
                 match value {
                     Some(value) if *id == node_id && !control.unfinished => stored = Some(value),
+                    // Copied (once) only when the read adds to what the
+                    // caller knew.
                     Some(value) => {
-                        known.insert(*id, value);
+                        Arc::make_mut(&mut known).insert(*id, value);
                     }
                     None => {}
                 }
@@ -191,7 +194,7 @@ impl Runtime {
             self.preferred(metering).on_demand()
         };
         let (mut kind, pre) = self.pre_for(component, wanted)?;
-        let mut wasm = self.new_store(kind, call, started_at, known.clone())?;
+        let mut wasm = self.new_store(kind, call, started_at, Arc::clone(&known))?;
         let instance = match pre.instantiate_async(&mut wasm).await {
             Err(error)
                 if kind.allocation == Allocation::Pool && pool::is_pool_exhausted(&error) =>
@@ -292,7 +295,7 @@ impl Runtime {
         kind: EngineKind,
         call: &Call<'_>,
         started_at: i64,
-        known: HashMap<NodeId, JsonText>,
+        known: Arc<HashMap<NodeId, JsonText>>,
     ) -> Result<Store<StepState>, StepError> {
         let Call {
             step,

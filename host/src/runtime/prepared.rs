@@ -30,8 +30,9 @@ pub struct RunControl {
     /// Outputs of the invocation's run the caller knows are stored (its
     /// upstreams', say, which it wrote or read): the runtime does not read
     /// them again, and the step's `get`s of them are answered from here.
-    /// Stored outputs never change, so the answer is the store's.
-    pub known_outputs: HashMap<NodeId, JsonText>,
+    /// Stored outputs never change, so the answer is the store's. Shared,
+    /// so that handing them to the invocation copies no value.
+    pub known_outputs: Arc<HashMap<NodeId, JsonText>>,
     /// The caller knows the node's own output is not stored (its claim is
     /// unfinished, or it is the run's only writer and found none at
     /// start): the runtime does not look for it before running the step. A

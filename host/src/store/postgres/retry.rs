@@ -141,18 +141,10 @@ impl Backoff {
     }
 }
 
-/// A pseudo-random duration below `range`, from the clock (mixed by a
-/// randomly keyed hasher), so that callers that failed together do not
-/// retry together.
+/// A random duration below `range`, so that callers that failed together
+/// do not retry together.
 fn jitter(range: Duration) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos());
-    hasher.write_u128(now);
-    let nanos = u64::try_from(range.as_nanos()).unwrap_or(u64::MAX).max(1);
-    Duration::from_nanos(hasher.finish() % nanos)
+    range.mul_f64(crate::random::unit())
 }
 
 impl PostgresContextStore {
