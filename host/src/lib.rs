@@ -45,6 +45,8 @@
 //! - `runtime` (default): the wasmtime sandbox ([`Runtime`]).
 //! - `flow` (default): flow files and the flow runner ([`flow`]).
 //! - `cli` (default): the `contextstore` command-line tool.
+//! - `metrics` (part of `cli`): process metrics ([`metrics`]) in the
+//!   Prometheus text format.
 //! - `conformance`: the test suite every backend must pass.
 //!
 //! With `default-features = false` the crate is the store alone
@@ -64,10 +66,14 @@ pub mod guest_store;
 pub mod id;
 pub mod json;
 pub mod limits;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 #[cfg(any(feature = "flow", feature = "postgres"))]
 mod random;
 #[cfg(feature = "runtime")]
 pub mod runtime;
+#[cfg(feature = "async")]
+pub mod runs;
 #[cfg(feature = "async")]
 pub mod slots;
 pub mod store;

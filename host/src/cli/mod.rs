@@ -17,6 +17,7 @@ mod migrate;
 mod new;
 mod output;
 mod run;
+mod runs;
 
 /// What a subcommand tells `main` to exit with.
 pub enum Outcome {
@@ -58,6 +59,10 @@ enum Command {
     /// Bring a database to this build's schema in place, converting a
     /// WorldInterface database (opening it for writing does the same).
     Migrate(migrate::MigrateArgs),
+    /// List the runs the store holds, with their state and node counts.
+    Runs(runs::RunsArgs),
+    /// Remove old runs whole (outputs, journal, claims), never a running one.
+    Gc(runs::GcArgs),
 }
 
 /// Where the store lives.
@@ -126,6 +131,8 @@ pub fn main() -> ExitCode {
         Command::Global(command) => inspect::global(command),
         Command::Flow(command) => flow::flow(command),
         Command::Migrate(args) => migrate::migrate(args),
+        Command::Runs(args) => runs::list(args),
+        Command::Gc(args) => runs::gc(args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

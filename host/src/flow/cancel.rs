@@ -11,7 +11,7 @@
 //! "resumed_at": ms}` once lifted. Steps never see it: the prefix is under
 //! [`RESERVED_PREFIX`](crate::grant::RESERVED_PREFIX).
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::error::ContextStoreError;
 use crate::id::FlowRunId;
@@ -19,20 +19,16 @@ use crate::json::JsonText;
 use crate::store::{AsyncContextStore, CallContext, ContextStore, provenance};
 
 /// The key prefix of cancellation marks among the globals.
-pub const CANCEL_PREFIX: &str = "contextstore.cancel/";
+pub const CANCEL_PREFIX: &str = crate::runs::CANCEL_PREFIX;
 
 /// How often a running worker looks for the mark.
 pub(super) const WATCH_EVERY: std::time::Duration = std::time::Duration::from_millis(200);
 
-fn key(run: FlowRunId) -> String {
-    format!("{CANCEL_PREFIX}{run}")
-}
+use crate::runs::cancel_key as key;
 
 /// When a mark says the run was cancelled (Unix milliseconds), if it does.
 fn cancelled_at(mark: Option<&JsonText>) -> Option<i64> {
-    let mark = mark?.to_value().ok()?;
-    (mark.get("cancelled") == Some(&Value::Bool(true)))
-        .then(|| mark.get("at").and_then(Value::as_i64).unwrap_or(0))
+    crate::runs::cancelled_at(mark?.as_str())
 }
 
 /// Marks `run` cancelled: its workers stop their steps and end. Cancelling

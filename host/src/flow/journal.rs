@@ -25,7 +25,7 @@ use crate::store::{AsyncContextStore, CallContext, ContextStore};
 use crate::text::for_terminal;
 
 /// The key prefix of journal entries among the globals.
-pub const JOURNAL_PREFIX: &str = "contextstore.flow/";
+pub const JOURNAL_PREFIX: &str = crate::runs::JOURNAL_PREFIX;
 
 fn key(run: FlowRunId, node: NodeId) -> String {
     format!("{JOURNAL_PREFIX}{run}/{node}")

@@ -14,6 +14,7 @@ use crate::runtime::Invocation;
 
 pub mod cancel;
 mod file;
+mod index;
 pub mod journal;
 mod lease;
 mod resume;
@@ -28,7 +29,7 @@ pub use lease::{LeaseOptions, default_worker_name};
 pub use resume::{Change, ChangedNode, check_unchanged, compare};
 pub use retry::{RetryOn, RetryPolicy};
 pub use runner::{FlowEvent, FlowReport, NodeResult, RunOptions, run};
-pub use status::{NodeState, NodeStatus, status};
+pub use status::{NodeState, NodeStatus, status, status_of};
 
 /// The UUID v5 namespace of node ids (a fixed, random UUID).
 const NODE_NAMESPACE: Uuid = Uuid::from_u128(0x9d3b_6c1e_4f0a_4b8e_a1c2_57e4_d0f3_8b61);

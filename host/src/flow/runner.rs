@@ -26,12 +26,14 @@ use std::time::{Duration, Instant};
 
 use crate::json::JsonText;
 
+use super::index::RunEntry;
 use super::lease::{LeaseOptions, Leases};
 use super::resume::{check_unchanged, compare};
 use super::{Flow, FlowError, FlowNode, journal};
-use crate::coord::{Claim, Fence, Stored};
+use crate::coord::{Claim, Fence, Stored, WorkerId};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
+use crate::runs::{WorkerOutcome, WorkerStatus};
 use crate::runtime::{RunControl, Runtime, StepComponent, StepError, StepStatus, StopSignal};
 use crate::slots::JobSlots;
 use crate::store::{AsyncContextStore, CallContext, ContextStore, Provenance};
@@ -284,7 +286,6 @@ pub fn run(
     if super::cancel::is_cancelled(store.as_ref(), flow_run_id)?.is_some() {
         return Err(FlowError::Cancelled { flow_run_id });
     }
-    let stored_at_start = check_unchanged(store.as_ref(), flow, flow_run_id, &components)?;
     let shared = crate::store::to_async(store.clone());
     let leases = shared
         .coordinator()
@@ -292,6 +293,22 @@ pub fn run(
     if let Some(leases) = &leases {
         leases.check_name();
     }
+    let worker_id = leases.as_ref().map_or_else(
+        || WorkerId::new(options.lease.worker.clone()),
+        |l| l.worker.clone(),
+    );
+    // Recorded before the outputs are read: gc leaves a run alone once a
+    // worker has recorded itself on it.
+    let entry = RunEntry::new(flow, &components, flow_run_id, worker_id, options.lease.lease);
+    entry.record(runtime, shared.as_ref(), WorkerStatus::Running);
+    let stored_at_start = match check_unchanged(store.as_ref(), flow, flow_run_id, &components) {
+        Ok(stored) => stored,
+        Err(error) => {
+            let outcome = WorkerOutcome::Failed;
+            entry.record(runtime, shared.as_ref(), WorkerStatus::Ended(outcome));
+            return Err(error);
+        }
+    };
     let failed = last_failures(runtime, shared.as_ref(), flow, flow_run_id);
     let dependents = flow.dependents();
     let waiting_on: Vec<usize> = flow.nodes.iter().map(|n| n.upstream.len()).collect();
@@ -335,7 +352,7 @@ pub fn run(
         if let Some(leases) = &leases {
             scope.spawn(|| leases.keep());
         }
-        scope.spawn(|| worker.watch_cancel(&board, &wake, &ended));
+        scope.spawn(|| worker.watch_cancel(&board, &wake, &ended, &entry));
         let threads: Vec<_> = (0..workers)
             .map(|_| scope.spawn(|| worker.work(&board, &wake)))
             .collect();
@@ -349,7 +366,9 @@ pub fn run(
             leases.stop();
         }
     });
+    let record_end = |outcome| entry.record(runtime, shared.as_ref(), WorkerStatus::Ended(outcome));
     if worker.cancelled.load(Ordering::SeqCst) {
+        record_end(WorkerOutcome::Cancelled);
         return Err(FlowError::Cancelled { flow_run_id });
     }
     if let Some(message) = worker
@@ -364,6 +383,7 @@ pub fn run(
         .into_inner()
         .unwrap_or_else(PoisonError::into_inner)
     {
+        record_end(WorkerOutcome::Failed);
         return Err(changed);
     }
     let board = board.into_inner().unwrap_or_else(PoisonError::into_inner);
@@ -379,10 +399,16 @@ pub fn run(
             (node.name.clone(), result)
         })
         .collect();
-    Ok(FlowReport {
+    let report = FlowReport {
         flow_run_id,
         results,
-    })
+    };
+    record_end(if report.is_success() {
+        WorkerOutcome::Done
+    } else {
+        WorkerOutcome::Failed
+    });
+    Ok(report)
 }
 
 struct Worker<'a> {
@@ -622,9 +648,21 @@ impl Worker<'_> {
     /// Looks for the run's cancellation mark every
     /// [`WATCH_EVERY`](super::cancel::WATCH_EVERY) until the run ends
     /// (`ended`); once found, starts no further node and stops every
-    /// running step at once.
-    fn watch_cancel(&self, board: &Mutex<Board>, wake: &Condvar, ended: &(Mutex<bool>, Condvar)) {
+    /// running step at once. Records the worker in the runs index every
+    /// third of its lease meanwhile (its heartbeat).
+    fn watch_cancel(
+        &self,
+        board: &Mutex<Board>,
+        wake: &Condvar,
+        ended: &(Mutex<bool>, Condvar),
+        entry: &RunEntry,
+    ) {
+        let mut recorded = Instant::now();
         loop {
+            if recorded.elapsed() >= entry.heartbeat_every() {
+                entry.record(self.runtime, self.store.as_ref(), WorkerStatus::Running);
+                recorded = Instant::now();
+            }
             {
                 let done = lock(&ended.0);
                 let (done, _) = ended

@@ -55,6 +55,22 @@ pub fn status(
     flow: &Flow,
     flow_run_id: FlowRunId,
 ) -> Result<Vec<NodeStatus>, ContextStoreError> {
+    let nodes: Vec<(&str, NodeId)> = flow
+        .nodes
+        .iter()
+        .map(|n| (n.name.as_str(), n.node_id))
+        .collect();
+    status_of(store, &nodes, flow_run_id)
+}
+
+/// The status of each of `nodes` (name and id) in run `flow_run_id`, in
+/// their order: [`status`] for a caller that has the run's graph (from the
+/// runs index) rather than its flow file.
+pub fn status_of(
+    store: &dyn ContextStore,
+    nodes: &[(&str, NodeId)],
+    flow_run_id: FlowRunId,
+) -> Result<Vec<NodeStatus>, ContextStoreError> {
     let mut claims: HashMap<NodeId, ClaimRecord> =
         match store.as_async().and_then(|s| s.coordinator()) {
             Some(coordinator) => {
@@ -73,12 +89,12 @@ pub fn status(
             }
             None => HashMap::new(),
         };
-    flow.nodes
+    nodes
         .iter()
-        .map(|node| {
-            let failure = journal::failure(store, flow_run_id, node.node_id)?;
-            let (state, output_bytes) = match store.get_text(flow_run_id, node.node_id)? {
-                Some(output) => match journal::warning(store, flow_run_id, node.node_id)? {
+        .map(|&(name, node_id)| {
+            let failure = journal::failure(store, flow_run_id, node_id)?;
+            let (state, output_bytes) = match store.get_text(flow_run_id, node_id)? {
+                Some(output) => match journal::warning(store, flow_run_id, node_id)? {
                     Some(warning) => (NodeState::DoneWithWarning(warning), Some(output.len())),
                     None => (NodeState::Done, Some(output.len())),
                 },
@@ -89,7 +105,7 @@ pub fn status(
             };
             let provenance = match state {
                 NodeState::Done | NodeState::DoneWithWarning(_) => {
-                    store.provenance(flow_run_id, node.node_id)?
+                    store.provenance(flow_run_id, node_id)?
                 }
                 _ => None,
             };
@@ -103,12 +119,12 @@ pub fn status(
             let retry_at = failure.as_ref().filter(|_| !done).and_then(|f| f.retry_at);
             let failures = failure.map(|f| f.history).unwrap_or_default();
             Ok(NodeStatus {
-                name: node.name.clone(),
-                node_id: node.node_id,
+                name: name.to_owned(),
+                node_id,
                 state,
                 output_bytes,
                 provenance,
-                claim: claims.remove(&node.node_id),
+                claim: claims.remove(&node_id),
                 attempts,
                 retry_at,
                 failures,

@@ -20,6 +20,7 @@ use crate::coord::Coordinator;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use crate::runs::RunIndex;
 use crate::store::{CallContext, ContextStore, Provenance, Stored};
 
 /// The store's calls, async, each with its context. See the [module docs](self).
@@ -141,6 +142,12 @@ pub trait AsyncContextStore: Send + Sync {
     /// The coordination of workers sharing runs, for a backend that many
     /// processes share; `None` (the default) when every run has one process.
     fn coordinator(&self) -> Option<&dyn Coordinator> {
+        None
+    }
+
+    /// The runs index ([`crate::runs`]), for a backend that keeps one
+    /// (this crate's do); `None` by default.
+    fn runs(&self) -> Option<&dyn RunIndex> {
         None
     }
 }

@@ -55,6 +55,7 @@ mod claims;
 mod errors;
 mod pool;
 mod retry;
+mod runs;
 mod schema;
 mod values;
 
@@ -452,6 +453,10 @@ impl AsyncContextStore for PostgresContextStore {
             |c, a, _| Box::pin(values::provenance(c, a)),
         )
         .await
+    }
+
+    fn runs(&self) -> Option<&dyn crate::runs::RunIndex> {
+        Some(self)
     }
 
     fn coordinator(&self) -> Option<&dyn Coordinator> {

@@ -34,6 +34,30 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE outputs ADD COLUMN host TEXT;
     ALTER TABLE outputs ADD COLUMN started_at INTEGER;
     ALTER TABLE outputs ADD COLUMN ended_at INTEGER;",
+    // 3: the runs index (`crate::runs`): one row per run recorded by a
+    // worker, and one per worker (incarnation) on it. Times are Unix
+    // milliseconds; a worker's `outcome` is NULL until it ends; `removing`
+    // is set once gc has begun removing the run.
+    "CREATE TABLE runs (
+        flow_run_id BLOB NOT NULL PRIMARY KEY CHECK (length(flow_run_id) = 16),
+        flow_name   TEXT NOT NULL,
+        flow_hash   TEXT NOT NULL,
+        graph       TEXT NOT NULL,
+        nodes       INTEGER NOT NULL,
+        created_at  INTEGER NOT NULL,
+        removing    INTEGER NOT NULL DEFAULT 0
+    ) STRICT;
+    CREATE TABLE run_workers (
+        flow_run_id BLOB NOT NULL,
+        incarnation BLOB NOT NULL CHECK (length(incarnation) = 16),
+        worker      TEXT NOT NULL,
+        started_at  INTEGER NOT NULL,
+        seen_at     INTEGER NOT NULL,
+        lease_ms    INTEGER NOT NULL,
+        ended_at    INTEGER,
+        outcome     TEXT,
+        PRIMARY KEY (flow_run_id, incarnation)
+    ) STRICT;",
 ];
 
 /// The schema version this build writes.

@@ -32,6 +32,8 @@ mod busy;
 mod group_commit;
 mod open;
 mod ops;
+#[cfg(feature = "async")]
+mod runs;
 #[cfg(test)]
 mod tests;
 

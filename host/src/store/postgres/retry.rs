@@ -183,10 +183,19 @@ impl PostgresContextStore {
         let mut backoff = Backoff::new();
         let mut retry = Retry::default();
         let mut attempts = 0u32;
+        #[cfg(feature = "metrics")]
+        let began = Instant::now();
         loop {
             attempts += 1;
             let failure = match self.attempt(deadline, effect, args, &mut work, retry).await {
                 Ok(answer) => {
+                    #[cfg(feature = "metrics")]
+                    if effect == Effect::Write {
+                        crate::metrics::record_commit(
+                            crate::metrics::Backend::Postgres,
+                            began.elapsed(),
+                        );
+                    }
                     if attempts > 1 {
                         tracing::debug!(database = %self.target, what, attempts, "succeeded after retrying");
                     }

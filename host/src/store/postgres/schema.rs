@@ -54,6 +54,30 @@ pub(super) const MIGRATIONS: &[&str] = &[
         ADD COLUMN incarnation uuid,
         ADD COLUMN token       bigint NOT NULL DEFAULT 0;
     UPDATE contextstore_claims SET token = attempt;",
+    // 4: the runs index (`crate::runs`): one row per run recorded by a
+    // worker, one per worker (incarnation) on it. Times are Unix
+    // milliseconds on the database's clock; a worker's `outcome` is NULL
+    // until it ends; `removing` is set once gc has begun removing the run.
+    "CREATE TABLE contextstore_runs (
+        flow_run_id uuid NOT NULL PRIMARY KEY,
+        flow_name   text NOT NULL,
+        flow_hash   text NOT NULL,
+        graph       text NOT NULL,
+        nodes       integer NOT NULL,
+        created_at  bigint NOT NULL,
+        removing    boolean NOT NULL DEFAULT false
+    );
+    CREATE TABLE contextstore_run_workers (
+        flow_run_id uuid NOT NULL,
+        incarnation uuid NOT NULL,
+        worker      text NOT NULL,
+        started_at  bigint NOT NULL,
+        seen_at     bigint NOT NULL,
+        lease_ms    bigint NOT NULL,
+        ended_at    bigint,
+        outcome     text,
+        PRIMARY KEY (flow_run_id, incarnation)
+    );",
 ];
 
 /// The schema version this build writes.
@@ -134,7 +158,7 @@ pub(super) async fn check(client: &Client, target: &str) -> Result<(), ContextSt
     if version < SCHEMA_VERSION {
         return Err(ContextStoreError::StorageError(format!(
             "the contextstore schema in {target} is version {version} and this build reads \
-             version {SCHEMA_VERSION} (its claims have no fencing tokens yet); start a worker \
+             version {SCHEMA_VERSION}; start a worker \
              of this build or run `contextstore migrate` first"
         )));
     }

@@ -27,7 +27,7 @@ use crate::store::{AsyncContextStore, CallContext, Provenance, Stored};
 
 impl SqliteContextStore {
     /// Runs one write under `cx`: see the [module docs](self).
-    async fn write_under(&self, cx: &CallContext, op: WriteOp) -> Result<(), ContextStoreError> {
+    pub(super) async fn write_under(&self, cx: &CallContext, op: WriteOp) -> Result<(), ContextStoreError> {
         let writer = self.writer()?;
         if cx.expired() {
             return Err(ContextStoreError::Timeout(
@@ -146,6 +146,10 @@ impl AsyncContextStore for SqliteContextStore {
         key: &str,
     ) -> Result<Option<JsonText>, ContextStoreError> {
         self.get_global_until(cx.give_up(self.options.busy_deadline), key)
+    }
+
+    fn runs(&self) -> Option<&dyn crate::runs::RunIndex> {
+        Some(self)
     }
 
     async fn provenance(

@@ -332,6 +332,8 @@ impl Leader<'_> {
     /// until the earliest give-up time among the batch and the leader,
     /// again and again as expired requests leave the batch.
     fn transaction(&self, mut batch: Vec<Arc<Request>>) -> Ran {
+        #[cfg(feature = "metrics")]
+        let began = Instant::now();
         let bound = loop {
             let now = Instant::now();
             batch = self.expire(batch, now);
@@ -367,6 +369,11 @@ impl Leader<'_> {
             if let Err(error) = self.conn.execute_batch("COMMIT") {
                 rollback(self.conn);
                 return Ran::Failed(batch, error.to_string());
+            }
+            #[cfg(feature = "metrics")]
+            {
+                crate::metrics::record_commit(crate::metrics::Backend::Sqlite, began.elapsed());
+                crate::metrics::record_batch(batch.len());
             }
             self.group.answer(batch.into_iter().zip(results));
             Ran::Done

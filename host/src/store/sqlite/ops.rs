@@ -23,6 +23,12 @@ pub(crate) enum WriteOp {
     PutGlobal { key: String, value: JsonText },
     /// `upsert_global_text`.
     UpsertGlobal { key: String, value: JsonText },
+    /// `RunIndex::record`.
+    #[cfg(feature = "async")]
+    Record(Box<super::runs::RecordOp>),
+    /// One `RunIndex::remove` batch.
+    #[cfg(feature = "async")]
+    Remove(Box<super::runs::RemoveOp>),
 }
 
 impl WriteOp {
@@ -30,6 +36,10 @@ impl WriteOp {
     /// on its own).
     pub(crate) fn execute(&self, conn: &Connection) -> Result<(), ContextStoreError> {
         let result = match self {
+            #[cfg(feature = "async")]
+            Self::Record(op) => return op.execute(conn).map_err(ContextStoreError::from),
+            #[cfg(feature = "async")]
+            Self::Remove(op) => return op.execute(conn).map_err(ContextStoreError::from),
             Self::Put {
                 flow_run_id,
                 node_id,
@@ -93,6 +103,8 @@ impl WriteOp {
                 Self::PutGlobal { key, .. } | Self::UpsertGlobal { key, .. } => {
                     ContextStoreError::GlobalAlreadyExists { key: key.clone() }
                 }
+                #[cfg(feature = "async")]
+                Self::Record(_) | Self::Remove(_) => ContextStoreError::StorageError(e.to_string()),
             }),
             Err(e) => Err(e.into()),
         }

@@ -1,0 +1,125 @@
+//! Removing old runs whole: outputs, provenance, journal, claims and the
+//! index's records, in bounded batches, never a run a worker is live on.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use super::{Removed, RunFilter, RunIndex, RunState, RunSummary, Select};
+use crate::error::ContextStoreError;
+use crate::id::FlowRunId;
+use crate::store::CallContext;
+
+/// What [`gc`] removes, and how.
+#[derive(Clone, Debug)]
+pub struct GcOptions {
+    /// Only runs idle at least this long (since they ended, or for a
+    /// stalled run since anything last happened in it).
+    pub older_than: Duration,
+    /// Only runs in these states (default: done, failed, cancelled).
+    /// `running` is refused: a running run is never removed.
+    pub states: Vec<RunState>,
+    /// Say what would be removed, and remove nothing.
+    pub dry_run: bool,
+    /// Most rows one batch removes: one transaction, so the most a batch
+    /// holds the writer up (default 256).
+    pub batch_rows: usize,
+    /// How long each batch may take (its deadline; default 30 s).
+    pub batch_timeout: Duration,
+}
+
+impl Default for GcOptions {
+    fn default() -> Self {
+        Self {
+            older_than: Duration::from_secs(30 * 86_400),
+            states: vec![RunState::Done, RunState::Failed, RunState::Cancelled],
+            dry_run: false,
+            batch_rows: 256,
+            batch_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// What [`gc`] did (or, dry, would do).
+#[derive(Clone, Debug, Default, serde::Serialize)]
+pub struct GcReport {
+    /// The runs chosen, as they were listed before removal began.
+    pub chosen: Vec<RunSummary>,
+    /// Of those, the runs removed whole.
+    pub removed_runs: Vec<FlowRunId>,
+    /// Of those, the runs left alone because a worker became live on them.
+    pub left_live: Vec<FlowRunId>,
+    /// The rows removed, by kind.
+    pub removed: Removed,
+    /// How many batches (transactions) it took.
+    pub batches: u64,
+    /// Whether nothing was removed because it was a dry run.
+    pub dry_run: bool,
+}
+
+/// Why [`gc`] refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum GcError {
+    /// The options ask for something gc never does.
+    #[error("{0}")]
+    Invalid(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] ContextStoreError),
+}
+
+/// Removes the runs `options` names from `index`, batch by batch (see
+/// [`RunIndex::remove`]); a run that became live meanwhile is left whole.
+pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, GcError> {
+    if options.states.contains(&RunState::Running) {
+        return Err(GcError::Invalid(
+            "gc never removes a running run (choose among done, failed, cancelled, stalled)".into(),
+        ));
+    }
+    if options.batch_rows == 0 {
+        return Err(GcError::Invalid("a batch must remove at least one row".into()));
+    }
+    let cx = CallContext::within(options.batch_timeout);
+    let facts = index.facts(&cx, Select::All).await?;
+    let older_than = i64::try_from(options.older_than.as_millis()).unwrap_or(i64::MAX);
+    let filter = RunFilter {
+        states: options.states.clone(),
+        run: None,
+    };
+    let chosen: Vec<RunSummary> = facts
+        .summaries(&filter)
+        .into_iter()
+        .filter(|r| r.state != RunState::Running && r.live_workers == 0)
+        .filter(|r| facts.now.saturating_sub(r.last_active_at) >= older_than)
+        .collect();
+    let mut report = GcReport {
+        dry_run: options.dry_run,
+        ..GcReport::default()
+    };
+    // Runs an earlier gc began removing are finished off, whatever the filter.
+    let mut pending: Vec<FlowRunId> = chosen.iter().map(|r| r.run).collect();
+    pending.extend(facts.runs.iter().filter(|r| r.removing).map(|r| r.run));
+    report.chosen = chosen;
+    if options.dry_run {
+        return Ok(report);
+    }
+    // A batch names no more runs than it may remove rows: a run takes at
+    // least its record.
+    let runs_per_batch = options.batch_rows.clamp(1, 512);
+    while !pending.is_empty() {
+        let cx = CallContext::within(options.batch_timeout);
+        let take = pending.len().min(runs_per_batch);
+        let batch = index.remove(&cx, &pending[..take], options.batch_rows).await?;
+        report.batches += 1;
+        report.removed.add(&batch.removed);
+        let settled: HashSet<FlowRunId> = batch.gone.iter().chain(&batch.live).copied().collect();
+        if settled.is_empty() && batch.removed.rows() == 0 {
+            return Err(GcError::Store(ContextStoreError::StorageError(
+                "a removal batch removed nothing and finished no run".into(),
+            )));
+        }
+        report.removed_runs.extend(&batch.gone);
+        report.left_live.extend(&batch.live);
+        pending.retain(|run| !settled.contains(run));
+    }
+    Ok(report)
+}
