@@ -58,6 +58,8 @@ impl Runtime {
         control: &RunControl,
         may_block: bool,
     ) -> Result<StepOutcome, StepError> {
+        #[cfg(feature = "metrics")]
+        let _in_flight = crate::metrics::invocation_started();
         let started = Instant::now();
         let limits = &step.limits;
         let deadline = started
