@@ -35,6 +35,8 @@ use crate::id::FlowRunId;
 use crate::json::JsonText;
 use crate::store::CallContext;
 
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
 pub mod duration;
 pub mod gc;
 mod state;

@@ -31,6 +31,10 @@ mod conformance {
     crate::conformance_tests!(super::fresh());
 }
 
+mod runs_index {
+    crate::runs_index_tests!(super::fresh());
+}
+
 /// Test-only calls: any SQL, through the same call path as the store's own.
 impl PostgresContextStore {
     /// Runs `sql` as a read (retried, cancelled at the deadline).
@@ -837,7 +841,7 @@ fn read_only_connect_to_a_fresh_database_runs_no_ddl() {
     assert!(msg.contains("contextstore migrate"), "{msg}");
     assert_eq!(contextstore_tables(&url), 0);
     drop(PostgresContextStore::connect(&url).unwrap());
-    assert_eq!(contextstore_tables(&url), 4);
+    assert_eq!(contextstore_tables(&url), 6);
 }
 
 #[test]

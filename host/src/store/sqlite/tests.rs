@@ -32,6 +32,11 @@ mod file {
     crate::conformance_tests!(super::temp_store());
 }
 
+#[cfg(feature = "async")]
+mod runs_index {
+    crate::runs_index_tests!(super::temp_store());
+}
+
 mod memory {
     crate::conformance_tests!((
         (),
