@@ -70,10 +70,10 @@ pub mod limits;
 pub mod metrics;
 #[cfg(any(feature = "flow", feature = "postgres"))]
 mod random;
-#[cfg(feature = "runtime")]
-pub mod runtime;
 #[cfg(feature = "async")]
 pub mod runs;
+#[cfg(feature = "runtime")]
+pub mod runtime;
 #[cfg(feature = "async")]
 pub mod slots;
 pub mod store;

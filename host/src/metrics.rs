@@ -77,8 +77,10 @@ impl Metrics {
             "contextstore_invocations_in_flight",
             "Step invocations running now.",
         )?;
-        let invocations =
-            IntCounter::new("contextstore_invocations_total", "Step invocations started.")?;
+        let invocations = IntCounter::new(
+            "contextstore_invocations_total",
+            "Step invocations started.",
+        )?;
         registry.register(Box::new(commit_seconds.clone()))?;
         registry.register(Box::new(batch_writes.clone()))?;
         registry.register(Box::new(in_flight.clone()))?;

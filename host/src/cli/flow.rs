@@ -71,6 +71,12 @@ pub struct RunArgs {
     /// Run `--run-id` although it was cancelled (lifting the cancellation).
     #[arg(long, requires = "run_id")]
     resume_cancelled: bool,
+    /// Serve this worker's process metrics (store commit latency,
+    /// group-commit batch sizes, invocations in flight) at
+    /// `http://ADDR/metrics` while the run goes, on that address only
+    /// (no authentication).
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// A lease in seconds: finite, from 0.1 s to one day.
@@ -119,6 +125,16 @@ fn cancel(args: CancelArgs) -> anyhow::Result<Outcome> {
 
 fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let flow = flow::load(&args.flow)?;
+    let metrics = args
+        .metrics_listen
+        .map(super::serve::WorkerMetrics::start)
+        .transpose()?;
+    if let Some(metrics) = &metrics {
+        output::note(format_args!(
+            "flow run: metrics on http://{}/metrics",
+            metrics.addr()
+        ));
+    }
     let store = args.db.open()?;
     let runtime = args.runtime.start()?;
     let run_id = match args.run_id {

@@ -18,6 +18,8 @@ mod new;
 mod output;
 mod run;
 mod runs;
+mod serve;
+mod web;
 
 /// What a subcommand tells `main` to exit with.
 pub enum Outcome {
@@ -63,6 +65,9 @@ enum Command {
     Runs(runs::RunsArgs),
     /// Remove old runs whole (outputs, journal, claims), never a running one.
     Gc(runs::GcArgs),
+    /// Serve a live, read-only web view of the store's runs, and /metrics
+    /// (no authentication: loopback, or behind your proxy).
+    Serve(serve::ServeArgs),
 }
 
 /// Where the store lives.
@@ -133,6 +138,7 @@ pub fn main() -> ExitCode {
         Command::Migrate(args) => migrate::migrate(args),
         Command::Runs(args) => runs::list(args),
         Command::Gc(args) => runs::gc(args),
+        Command::Serve(args) => serve::serve(args),
     };
     match result {
         Ok(Outcome::Done) => ExitCode::SUCCESS,

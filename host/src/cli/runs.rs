@@ -45,9 +45,10 @@ pub struct GcArgs {
     /// Print what would be removed, and remove nothing.
     #[arg(long)]
     dry_run: bool,
-    /// Most rows one batch (one transaction) removes.
-    #[arg(long, value_name = "ROWS", default_value_t = GcOptions::default().batch_rows)]
-    batch_rows: usize,
+    /// Most rows one batch (one transaction) removes (default: the
+    /// backend's, 32 on SQLite, 256 on PostgreSQL).
+    #[arg(long, value_name = "ROWS")]
+    batch_rows: Option<usize>,
     /// Print JSON instead of lines.
     #[arg(long)]
     json: bool,

@@ -207,7 +207,7 @@ pub enum FlowError {
     /// The store failed outside of any step.
     #[error(transparent)]
     Store(#[from] crate::error::ContextStoreError),
-    /// The run was cancelled ([`cancel`]): before this worker started, or
+    /// The run was cancelled ([`cancel()`]): before this worker started, or
     /// while it ran (its running steps were stopped, nothing they wrote
     /// afterwards is stored, no further node was started). Running it
     /// again needs [`resume_cancelled`] first.

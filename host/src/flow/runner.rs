@@ -299,7 +299,13 @@ pub fn run(
     );
     // Recorded before the outputs are read: gc leaves a run alone once a
     // worker has recorded itself on it.
-    let entry = RunEntry::new(flow, &components, flow_run_id, worker_id, options.lease.lease);
+    let entry = RunEntry::new(
+        flow,
+        &components,
+        flow_run_id,
+        worker_id,
+        options.lease.lease,
+    );
     entry.record(runtime, shared.as_ref(), WorkerStatus::Running);
     let stored_at_start = match check_unchanged(store.as_ref(), flow, flow_run_id, &components) {
         Ok(stored) => stored,

@@ -6,9 +6,8 @@ use std::time::Duration;
 /// `s`, `m`, `h`, `d`, `w`, and their long names); a clear error otherwise.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     let text = text.trim();
-    humantime::parse_duration(text).map_err(|e| {
-        format!("invalid duration {text:?} ({e}); write it as 0s, 90m, 36h or 30d")
-    })
+    humantime::parse_duration(text)
+        .map_err(|e| format!("invalid duration {text:?} ({e}); write it as 0s, 90m, 36h or 30d"))
 }
 
 #[cfg(test)]

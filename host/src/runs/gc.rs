@@ -21,10 +21,15 @@ pub struct GcOptions {
     /// Say what would be removed, and remove nothing.
     pub dry_run: bool,
     /// Most rows one batch removes: one transaction, so the most a batch
-    /// holds the writer up (default 256).
-    pub batch_rows: usize,
+    /// holds the writer up. `None` (the default): the backend's
+    /// [`RunIndex::batch_rows`].
+    pub batch_rows: Option<usize>,
     /// How long each batch may take (its deadline; default 30 s).
     pub batch_timeout: Duration,
+    /// After each batch, gc waits this many times as long as the batch
+    /// took before the next (default 1: gc holds the writer at most half
+    /// the time, so the writes of running flows keep their latency).
+    pub pace: f64,
 }
 
 impl Default for GcOptions {
@@ -33,8 +38,9 @@ impl Default for GcOptions {
             older_than: Duration::from_secs(30 * 86_400),
             states: vec![RunState::Done, RunState::Failed, RunState::Cancelled],
             dry_run: false,
-            batch_rows: 256,
+            batch_rows: None,
             batch_timeout: Duration::from_secs(30),
+            pace: 1.0,
         }
     }
 }
@@ -75,8 +81,11 @@ pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, G
             "gc never removes a running run (choose among done, failed, cancelled, stalled)".into(),
         ));
     }
-    if options.batch_rows == 0 {
-        return Err(GcError::Invalid("a batch must remove at least one row".into()));
+    let batch_rows = options.batch_rows.unwrap_or_else(|| index.batch_rows());
+    if batch_rows == 0 {
+        return Err(GcError::Invalid(
+            "a batch must remove at least one row".into(),
+        ));
     }
     let cx = CallContext::within(options.batch_timeout);
     let facts = index.facts(&cx, Select::All).await?;
@@ -104,11 +113,13 @@ pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, G
     }
     // A batch names no more runs than it may remove rows: a run takes at
     // least its record.
-    let runs_per_batch = options.batch_rows.clamp(1, 512);
+    let runs_per_batch = batch_rows.clamp(1, 512);
     while !pending.is_empty() {
         let cx = CallContext::within(options.batch_timeout);
         let take = pending.len().min(runs_per_batch);
-        let batch = index.remove(&cx, &pending[..take], options.batch_rows).await?;
+        let began = std::time::Instant::now();
+        let batch = index.remove(&cx, &pending[..take], batch_rows).await?;
+        let took = began.elapsed();
         report.batches += 1;
         report.removed.add(&batch.removed);
         let settled: HashSet<FlowRunId> = batch.gone.iter().chain(&batch.live).copied().collect();
@@ -120,6 +131,12 @@ pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, G
         report.removed_runs.extend(&batch.gone);
         report.left_live.extend(&batch.live);
         pending.retain(|run| !settled.contains(run));
+        if !pending.is_empty() && options.pace > 0.0 {
+            let pause = took
+                .mul_f64(options.pace.min(100.0))
+                .min(Duration::from_secs(1));
+            tokio::time::sleep(pause).await;
+        }
     }
     Ok(report)
 }

@@ -1,5 +1,5 @@
 //! The runs index: which flow runs a store holds, where each stands, and
-//! their removal ([`gc`]).
+//! their removal ([`gc()`]).
 //!
 //! Each worker that runs a flow records itself in the index when it starts
 //! ([`RunIndex::record`]), again every third of its lease while it runs (a
@@ -12,7 +12,7 @@
 //!
 //! A run's [`RunState`]:
 //! - `done`: every node of the flow has its output;
-//! - `cancelled`: the run was cancelled ([`crate::flow::cancel`]) and is not done;
+//! - `cancelled`: the run was cancelled ([`crate::flow::cancel()`]) and is not done;
 //! - `running`: some worker has a live lease on one of its nodes, or has
 //!   recorded itself (or written an output) within its lease, and not ended;
 //! - `failed`: no worker is live, and a node's last attempt failed with no
@@ -337,6 +337,12 @@ pub trait RunIndex: Send + Sync {
         runs: &[FlowRunId],
         max_rows: usize,
     ) -> Result<RemovedBatch, ContextStoreError>;
+
+    /// How many rows a removal batch takes by default: what keeps the
+    /// writes of running flows within twice their latency (see the README).
+    fn batch_rows(&self) -> usize {
+        64
+    }
 }
 
 /// One run as a listing shows it: [`RunFacts`] with its state computed.
@@ -430,8 +436,11 @@ pub fn cancel_key(run: FlowRunId) -> String {
 /// milliseconds), if it does: `{"cancelled": true, "at": ms}`.
 pub fn cancelled_at(mark: &str) -> Option<i64> {
     let mark: serde_json::Value = serde_json::from_str(mark).ok()?;
-    (mark.get("cancelled") == Some(&serde_json::Value::Bool(true)))
-        .then(|| mark.get("at").and_then(serde_json::Value::as_i64).unwrap_or(0))
+    (mark.get("cancelled") == Some(&serde_json::Value::Bool(true))).then(|| {
+        mark.get("at")
+            .and_then(serde_json::Value::as_i64)
+            .unwrap_or(0)
+    })
 }
 
 /// What the index needs of a journal entry: its node (from the key's

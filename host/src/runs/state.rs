@@ -42,7 +42,8 @@ impl RunFacts {
         // A worker that ended after another started (and did not end)
         // speaks for the run only if no worker is still unaccounted for.
         let died = self.workers.iter().any(|w| {
-            w.ended_at.is_none() && last_ended.is_none_or(|e| w.started_at > e.ended_at.unwrap_or(0))
+            w.ended_at.is_none()
+                && last_ended.is_none_or(|e| w.started_at > e.ended_at.unwrap_or(0))
         });
         if !died && (ended_failed || self.failed_nodes > 0) {
             return RunState::Failed;

@@ -23,8 +23,7 @@ use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 use crate::runs::{
     CANCEL_PREFIX, Facts, JOURNAL_PREFIX, RemovedBatch, RunFacts, RunIndex, RunRecord, Select,
-    WorkerOutcome, WorkerRow, WorkerStatus, cancel_key, cancelled_at, journal_entry,
-    journal_range,
+    WorkerOutcome, WorkerRow, WorkerStatus, cancel_key, cancelled_at, journal_entry, journal_range,
 };
 use crate::store::CallContext;
 
@@ -33,7 +32,8 @@ const NOW_MS: &str = "(extract(epoch FROM clock_timestamp()) * 1000)::bigint";
 
 /// A worker's record: the run's (made if missing, brought up to the
 /// worker's flow) and the worker's own, in one statement.
-const RECORD: &str = "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
+const RECORD: &str =
+    "WITH t AS (SELECT (extract(epoch FROM clock_timestamp()) * 1000)::bigint AS now),
      r AS (
         INSERT INTO contextstore_runs AS r
             (flow_run_id, flow_name, flow_hash, graph, nodes, created_at)
@@ -337,82 +337,109 @@ async fn remove(c: &mut Conn, a: &Remove<'_>) -> Result<RemovedBatch, Fault> {
         live.insert(row.try_get::<_, Uuid>(0)?);
     }
     let mut batch = RemovedBatch::default();
+    let (live_runs, dead): (Vec<FlowRunId>, Vec<FlowRunId>) =
+        a.runs.iter().partition(|run| live.contains(run.as_uuid()));
+    batch.live = live_runs;
+    if dead.is_empty() {
+        tx.commit().await?;
+        return Ok(batch);
+    }
+    let dead_ids: Vec<Uuid> = dead.iter().map(|r| *r.as_uuid()).collect();
+    let ranges: Vec<(Vec<u8>, Vec<u8>)> = dead
+        .iter()
+        .map(|run| {
+            let (from, to) = journal_range(*run);
+            (from.into_bytes(), to.into_bytes())
+        })
+        .collect();
+    let froms: Vec<&[u8]> = ranges.iter().map(|r| r.0.as_slice()).collect();
+    let tos: Vec<&[u8]> = ranges.iter().map(|r| r.1.as_slice()).collect();
+    // The rows of the runs, at most `max_rows` in all, a few statements
+    // for the whole batch.
     let mut left = i64::try_from(a.max_rows).unwrap_or(i64::MAX);
-    for run in a.runs {
-        if left <= 0 {
-            break;
-        }
-        let id = run.as_uuid();
-        if live.contains(id) {
-            batch.live.push(*run);
-            continue;
-        }
-        tx.execute(
-            "UPDATE contextstore_runs SET removing = true WHERE flow_run_id = $1 AND NOT removing",
-            &[id],
+    let outputs = tx
+        .execute(
+            "DELETE FROM contextstore_outputs WHERE (flow_run_id, node_id) IN
+                (SELECT flow_run_id, node_id FROM contextstore_outputs
+                  WHERE flow_run_id = ANY($1) LIMIT $2)",
+            &[&dead_ids, &left],
         )
         .await?;
-        let outputs = tx
-            .execute(
-                "DELETE FROM contextstore_outputs WHERE ctid IN
-                    (SELECT ctid FROM contextstore_outputs WHERE flow_run_id = $1 LIMIT $2)",
-                &[id, &left],
-            )
-            .await?;
-        batch.removed.outputs += outputs;
-        left -= outputs as i64;
-        let (from, to) = journal_range(*run);
-        let journal = tx
-            .execute(
-                "DELETE FROM contextstore_globals WHERE ctid IN
-                    (SELECT ctid FROM contextstore_globals WHERE key >= $1 AND key < $2 LIMIT $3)",
-                &[&from.as_bytes(), &to.as_bytes(), &left.max(0)],
-            )
-            .await?;
-        batch.removed.journal += journal;
-        left -= journal as i64;
-        let claims = tx
-            .execute(
-                "DELETE FROM contextstore_claims WHERE ctid IN
-                    (SELECT ctid FROM contextstore_claims WHERE flow_run_id = $1 LIMIT $2)",
-                &[id, &left.max(0)],
-            )
-            .await?;
-        batch.removed.claims += claims;
-        left -= claims as i64;
-        // The worker rows and the record go last, together: a run half
-        // removed stays marked as being removed.
-        let workers: i64 = tx
-            .query_one(
-                "SELECT count(*) FROM contextstore_run_workers WHERE flow_run_id = $1",
-                &[id],
-            )
-            .await?
-            .try_get(0)?;
-        if left < workers + 2 {
-            break;
-        }
-        let mark = tx
-            .execute(
-                "DELETE FROM contextstore_globals WHERE key = $1",
-                &[&cancel_key(*run).as_bytes()],
-            )
-            .await?;
-        let workers = tx
-            .execute(
-                "DELETE FROM contextstore_run_workers WHERE flow_run_id = $1",
-                &[id],
-            )
-            .await?;
-        let runs = tx
-            .execute("DELETE FROM contextstore_runs WHERE flow_run_id = $1", &[id])
-            .await?;
-        batch.removed.journal += mark;
-        batch.removed.workers += workers;
-        batch.removed.runs += runs;
-        left -= (mark + workers + runs) as i64;
-        batch.gone.push(*run);
+    left -= outputs as i64;
+    let journal = tx
+        .execute(
+            "DELETE FROM contextstore_globals WHERE key IN
+                (SELECT g.key FROM unnest($1::bytea[], $2::bytea[]) AS r(f, t)
+                   JOIN contextstore_globals g ON g.key >= r.f AND g.key < r.t
+                  LIMIT $3)",
+            &[&froms, &tos, &left.max(0)],
+        )
+        .await?;
+    left -= journal as i64;
+    let claims = tx
+        .execute(
+            "DELETE FROM contextstore_claims WHERE (flow_run_id, node_id) IN
+                (SELECT flow_run_id, node_id FROM contextstore_claims
+                  WHERE flow_run_id = ANY($1) LIMIT $2)",
+            &[&dead_ids, &left.max(0)],
+        )
+        .await?;
+    batch.removed.outputs = outputs;
+    batch.removed.journal = journal;
+    batch.removed.claims = claims;
+    // The runs with nothing left go whole: their cancellation marks,
+    // worker records and records (a handful of rows each, outside the
+    // budget). The others are marked, so that listings leave them out and
+    // the next batch (or gc) finishes them.
+    let mut finished = HashSet::new();
+    for row in tx
+        .query(
+            "SELECT r.id FROM unnest($1::uuid[], $2::bytea[], $3::bytea[]) AS r(id, f, t)
+              WHERE NOT EXISTS (SELECT 1 FROM contextstore_outputs o WHERE o.flow_run_id = r.id)
+                AND NOT EXISTS (SELECT 1 FROM contextstore_claims c WHERE c.flow_run_id = r.id)
+                AND NOT EXISTS (SELECT 1 FROM contextstore_globals g
+                                 WHERE g.key >= r.f AND g.key < r.t)",
+            &[&dead_ids, &froms, &tos],
+        )
+        .await?
+    {
+        finished.insert(row.try_get::<_, Uuid>(0)?);
     }
+    let (gone, unfinished): (Vec<FlowRunId>, Vec<FlowRunId>) = dead
+        .iter()
+        .partition(|run| finished.contains(run.as_uuid()));
+    let gone_ids: Vec<Uuid> = gone.iter().map(|r| *r.as_uuid()).collect();
+    let marks: Vec<Vec<u8>> = gone.iter().map(|r| cancel_key(*r).into_bytes()).collect();
+    let unfinished_ids: Vec<Uuid> = unfinished.iter().map(|r| *r.as_uuid()).collect();
+    if !unfinished_ids.is_empty() {
+        tx.execute(
+            "UPDATE contextstore_runs SET removing = true
+              WHERE flow_run_id = ANY($1) AND NOT removing",
+            &[&unfinished_ids],
+        )
+        .await?;
+    }
+    if !gone_ids.is_empty() {
+        batch.removed.journal += tx
+            .execute(
+                "DELETE FROM contextstore_globals WHERE key = ANY($1)",
+                &[&marks],
+            )
+            .await?;
+        batch.removed.workers = tx
+            .execute(
+                "DELETE FROM contextstore_run_workers WHERE flow_run_id = ANY($1)",
+                &[&gone_ids],
+            )
+            .await?;
+        batch.removed.runs = tx
+            .execute(
+                "DELETE FROM contextstore_runs WHERE flow_run_id = ANY($1)",
+                &[&gone_ids],
+            )
+            .await?;
+    }
+    batch.gone = gone;
     tx.commit().await?;
     Ok(batch)
 }
@@ -466,5 +493,11 @@ impl RunIndex for PostgresContextStore {
             Box::pin(remove(c, a))
         })
         .await
+    }
+
+    /// A batch locks only the rows of the runs it removes: the writes of
+    /// running flows never wait for it, so it may be larger.
+    fn batch_rows(&self) -> usize {
+        256
     }
 }

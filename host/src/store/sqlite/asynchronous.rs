@@ -27,7 +27,11 @@ use crate::store::{AsyncContextStore, CallContext, Provenance, Stored};
 
 impl SqliteContextStore {
     /// Runs one write under `cx`: see the [module docs](self).
-    pub(super) async fn write_under(&self, cx: &CallContext, op: WriteOp) -> Result<(), ContextStoreError> {
+    pub(super) async fn write_under(
+        &self,
+        cx: &CallContext,
+        op: WriteOp,
+    ) -> Result<(), ContextStoreError> {
         let writer = self.writer()?;
         if cx.expired() {
             return Err(ContextStoreError::Timeout(

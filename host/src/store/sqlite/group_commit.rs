@@ -353,6 +353,13 @@ impl Leader<'_> {
                 Err(e) => return Ran::Failed(batch, e.to_string()),
             }
         };
+        // A batch of removals alone commits without waiting for the disk:
+        // the next commit that does makes it durable with itself, and one
+        // lost to a power cut is removed again by the next gc.
+        let _lazy = batch
+            .iter()
+            .all(|r| r.op.may_skip_sync())
+            .then(|| LazyCommit::new(self.conn));
         // In the transaction: from here on, each request gets its result.
         busy::wait_until(bound, || {
             let mut results = Vec::with_capacity(batch.len());
@@ -378,6 +385,33 @@ impl Leader<'_> {
             self.group.answer(batch.into_iter().zip(results));
             Ran::Done
         })
+    }
+}
+
+/// `synchronous=NORMAL` on the writer connection while it lives, then
+/// its setting before. Set inside a transaction, it applies to its commit.
+struct LazyCommit<'a> {
+    conn: &'a Connection,
+    before: Option<i64>,
+}
+
+impl<'a> LazyCommit<'a> {
+    fn new(conn: &'a Connection) -> Self {
+        let before = conn
+            .pragma_query_value(None, "synchronous", |row| row.get(0))
+            .ok();
+        if before.is_some_and(|level: i64| level > 1) {
+            let _ = conn.pragma_update(None, "synchronous", 1);
+        }
+        Self { conn, before }
+    }
+}
+
+impl Drop for LazyCommit<'_> {
+    fn drop(&mut self) {
+        if let Some(level) = self.before.filter(|level| *level > 1) {
+            let _ = self.conn.pragma_update(None, "synchronous", level);
+        }
     }
 }
 

@@ -32,6 +32,18 @@ pub(crate) enum WriteOp {
 }
 
 impl WriteOp {
+    /// Whether the write may commit without waiting for the disk when it
+    /// is alone in its transaction: a gc removal batch (a removal lost to
+    /// a power cut is redone by the next gc; the commit after it, which
+    /// does wait, makes it durable with itself).
+    pub(crate) fn may_skip_sync(&self) -> bool {
+        #[cfg(feature = "async")]
+        if let Self::Remove(_) = self {
+            return true;
+        }
+        false
+    }
+
     /// Runs the write's one statement on `conn` (inside a transaction or
     /// on its own).
     pub(crate) fn execute(&self, conn: &Connection) -> Result<(), ContextStoreError> {

@@ -34,7 +34,8 @@ pub(crate) struct RecordOp {
     outcome: Option<WorkerOutcome>,
 }
 
-const RECORD_RUN: &str = "INSERT INTO runs (flow_run_id, flow_name, flow_hash, graph, nodes, created_at)
+const RECORD_RUN: &str =
+    "INSERT INTO runs (flow_run_id, flow_name, flow_hash, graph, nodes, created_at)
      VALUES (?1, ?2, ?3, ?4, ?5, ?6)
      ON CONFLICT (flow_run_id) DO UPDATE
         SET flow_name = excluded.flow_name, flow_hash = excluded.flow_hash,
@@ -109,8 +110,6 @@ impl RemoveOp {
                 batch.live.push(*run);
                 continue;
             }
-            conn.prepare_cached("UPDATE runs SET removing = 1 WHERE flow_run_id = ?1")?
-                .execute(params![id])?;
             let outputs = conn
                 .prepare_cached(
                     "DELETE FROM outputs WHERE rowid IN
@@ -128,14 +127,23 @@ impl RemoveOp {
                 .execute(params![from, to, left.max(0)])?;
             batch.removed.journal += journal as u64;
             left -= journal as i64;
-            // The worker rows and the run's record go last, together: a
-            // run half removed stays listed as being removed.
-            let workers: i64 = conn
-                .prepare_cached("SELECT count(*) FROM run_workers WHERE flow_run_id = ?1")?
-                .query_row(params![id], |row| row.get(0))?;
-            if left < workers + 2 {
+            let unfinished = left <= 0
+                && conn
+                    .prepare_cached(
+                        "SELECT EXISTS (SELECT 1 FROM outputs WHERE flow_run_id = ?1)
+                             OR EXISTS (SELECT 1 FROM globals WHERE key >= ?2 AND key < ?3)",
+                    )?
+                    .query_row(params![id, from, to], |row| row.get::<_, bool>(0))?;
+            if unfinished {
+                // Out of rows part way through the run: marked, so that
+                // listings leave it out and the next gc finishes it.
+                conn.prepare_cached("UPDATE runs SET removing = 1 WHERE flow_run_id = ?1")?
+                    .execute(params![id])?;
                 break;
             }
+            // Its outputs and journal are gone: its cancellation mark, worker
+            // records and record go with them (a handful of rows, outside
+            // the budget, so that a run never stays half removed for them).
             let mark = conn
                 .prepare_cached("DELETE FROM globals WHERE key = ?1")?
                 .execute(params![cancel_key(*run)])?;
@@ -207,9 +215,8 @@ fn read_facts(conn: &Connection, select: Select) -> rusqlite::Result<Facts> {
         "SELECT incarnation, worker, started_at, seen_at, lease_ms, ended_at, outcome
            FROM run_workers WHERE flow_run_id = ?1",
     )?;
-    let mut outputs = tx.prepare_cached(
-        "SELECT count(*), max(written_at) FROM outputs WHERE flow_run_id = ?1",
-    )?;
+    let mut outputs =
+        tx.prepare_cached("SELECT count(*), max(written_at) FROM outputs WHERE flow_run_id = ?1")?;
     let mut journal =
         tx.prepare_cached("SELECT key, value FROM globals WHERE key >= ?1 AND key < ?2")?;
     let mut has_output =
@@ -240,8 +247,7 @@ fn read_facts(conn: &Connection, select: Select) -> rusqlite::Result<Facts> {
         while let Some(row) = rows.next()? {
             let key: String = row.get(0)?;
             let value: String = row.get(1)?;
-            let Some((node, attempt, retrying)) = journal_entry(&key[from.len()..], &value)
-            else {
+            let Some((node, attempt, retrying)) = journal_entry(&key[from.len()..], &value) else {
                 continue;
             };
             facts.failed_attempts = facts.failed_attempts.saturating_add(attempt);
@@ -315,5 +321,10 @@ impl RunIndex for SqliteContextStore {
         self.write_under(cx, WriteOp::Remove(Box::new(op))).await?;
         let batch = std::mem::take(&mut *lock(&out));
         Ok(batch)
+    }
+
+    /// A batch shares the one writer with every flow's writes: small.
+    fn batch_rows(&self) -> usize {
+        32
     }
 }
