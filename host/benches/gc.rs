@@ -22,16 +22,18 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use contextstore::coord::{Coordinator, WorkerId};
+use contextstore::coord::Coordinator;
 use contextstore::flow::{self, FlowEvent, LeaseOptions, RunOptions};
 use contextstore::id::{FlowRunId, NodeId};
 use contextstore::json::JsonText;
-use contextstore::runs::{GcOptions, RunIndex, RunRecord, WorkerOutcome, WorkerStatus};
+use contextstore::runs::{GcOptions, RunIndex};
 use contextstore::store::{AsyncContextStore, CallContext, Provenance, Stored};
 use contextstore::{
     ContextStore, ContextStoreError, PostgresContextStore, Runtime, SqliteContextStore,
 };
 
+#[path = "../tests/support/finished_runs.rs"]
+mod finished_runs;
 #[path = "../tests/support/postgres_cluster.rs"]
 mod postgres_cluster;
 
@@ -84,57 +86,10 @@ fn index(store: &dyn ContextStore) -> &dyn RunIndex {
     store.as_async().and_then(|s| s.runs()).expect("runs index")
 }
 
-/// `RUNS` finished runs, written from 16 threads (their writes share commits).
+/// `RUNS` finished runs (see `finished_runs::seed`).
 fn seed(store: &Arc<dyn ContextStore>) {
     let started = Instant::now();
-    let graph = JsonText::from_stored(r#"{"nodes":[]}"#.into());
-    std::thread::scope(|scope| {
-        for t in 0..16 {
-            let (store, graph) = (store.clone(), &graph);
-            scope.spawn(move || {
-                let executor = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .expect("runtime");
-                let worker = WorkerId::new(format!("seed{t}"));
-                let cx = CallContext::within(Duration::from_secs(60));
-                for _ in (t..RUNS).step_by(16) {
-                    let run = FlowRunId::new();
-                    let record = RunRecord {
-                        run,
-                        flow_name: "old",
-                        flow_hash: "h",
-                        graph,
-                        nodes: 2,
-                        worker: &worker,
-                        lease: Duration::from_secs(30),
-                    };
-                    let index = index(store.as_ref());
-                    executor
-                        .block_on(index.record(&cx, &record, WorkerStatus::Running))
-                        .expect("record");
-                    for _ in 0..2 {
-                        store
-                            .put(run, NodeId::new(), &serde_json::json!({"old": true}))
-                            .expect("put");
-                    }
-                    store
-                        .upsert_global(
-                            &format!("contextstore.flow/{run}/{}", NodeId::new()),
-                            &serde_json::json!({"status": "failed", "error": "x", "attempt": 1}),
-                        )
-                        .expect("journal");
-                    executor
-                        .block_on(index.record(
-                            &cx,
-                            &record,
-                            WorkerStatus::Ended(WorkerOutcome::Done),
-                        ))
-                        .expect("record");
-                }
-            });
-        }
-    });
+    finished_runs::seed(store, RUNS);
     println!(
         "  seeded {RUNS} finished runs in {:.1}s",
         started.elapsed().as_secs_f64()

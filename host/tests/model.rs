@@ -363,7 +363,8 @@ fn run_sequence(backend: Backend, ops: &[Op]) -> Result<(), TestCaseError> {
         postgres_cluster::admin_execute(
             &postgres_url(),
             "DROP TABLE IF EXISTS contextstore_outputs, contextstore_globals,
-                 contextstore_claims, contextstore_meta",
+                 contextstore_claims, contextstore_runs, contextstore_run_workers,
+                 contextstore_meta",
         );
     }
     let mut subject = Subject::new(backend, dir.path());

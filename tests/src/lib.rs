@@ -14,6 +14,9 @@ pub mod components {
     include!(concat!(env!("OUT_DIR"), "/components.rs"));
 }
 
+/// Many finished runs in a store (what gc removes).
+#[path = "../../host/tests/support/finished_runs.rs"]
+pub mod finished_runs;
 /// A throwaway PostgreSQL server, one per test binary, and a fresh
 /// database per test.
 #[path = "../../host/tests/support/postgres_cluster.rs"]
@@ -153,4 +156,114 @@ pub fn env_or(name: &str, default: u64) -> u64 {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(default)
+}
+
+/// A flow file of `nodes` independent `slow` nodes that each sleep
+/// `sleep_ms`, named `name`, written into `dir`; its path.
+pub fn sleepy_flow(dir: &std::path::Path, name: &str, nodes: usize, sleep_ms: u64) -> PathBuf {
+    let slow = serde_json::Value::from(components::SLOW);
+    let mut text = format!("name = {:?}\n", name);
+    for i in 0..nodes {
+        text += &format!(
+            "[nodes.s{i}]\ncomponent = {slow}\nparams = {{ sleep_ms = {sleep_ms}, nonce = false }}\n"
+        );
+    }
+    let path = dir.join(format!("{name}.toml"));
+    std::fs::write(&path, text).expect("write the flow file");
+    path
+}
+
+/// A `contextstore flow run` in the background, with the JSON lines it
+/// prints on stderr (its `--events`; other lines are echoed to this
+/// test's stderr). Killed (SIGKILL) and reaped when dropped.
+pub struct FlowProcess {
+    child: std::process::Child,
+    /// The events, in the order printed.
+    pub events: std::sync::mpsc::Receiver<serde_json::Value>,
+}
+
+impl FlowProcess {
+    /// Runs `contextstore flow run` with `args`.
+    pub fn start(args: &[&str]) -> Self {
+        use std::io::BufRead as _;
+        let mut child = std::process::Command::new(cli_binary())
+            .args(["flow", "run"])
+            .args(args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("flow run starts");
+        let stderr = child.stderr.take().expect("piped stderr");
+        let (send, events) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                match serde_json::from_str::<serde_json::Value>(&line) {
+                    Ok(event) => {
+                        let _ = send.send(event);
+                    }
+                    Err(_) => eprintln!("flow run: {line}"),
+                }
+            }
+        });
+        Self { child, events }
+    }
+
+    /// Waits (`within` at most) for the first event that `wanted` accepts.
+    pub fn wait_event(
+        &self,
+        within: std::time::Duration,
+        wanted: impl Fn(&serde_json::Value) -> bool,
+    ) {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            let event = self
+                .events
+                .recv_timeout(left)
+                .unwrap_or_else(|_| panic!("the awaited event did not come within {within:?}"));
+            if wanted(&event) {
+                return;
+            }
+        }
+    }
+
+    /// Waits (a minute at most) until `count` steps have started.
+    pub fn wait_started(&self, count: usize) {
+        for _ in 0..count {
+            self.wait_event(std::time::Duration::from_secs(60), |e| {
+                e["event"] == "started"
+            });
+        }
+    }
+
+    /// Waits (`within` at most) for the process to exit; its exit code.
+    /// Panics (after killing it) if it does not.
+    pub fn wait_exit(&mut self, within: std::time::Duration) -> Option<i32> {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("flow run's status") {
+                return status.code();
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = self.child.kill();
+                panic!("flow run did not exit within {within:?}");
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+}
+
+impl Drop for FlowProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

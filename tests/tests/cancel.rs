@@ -4,84 +4,46 @@
 //! shows the run cancelled, and running it again needs
 //! `--resume-cancelled`. On SQLite (one worker) and PostgreSQL (two).
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use contextstore::{ContextStore, FlowRunId, PostgresContextStore, SqliteContextStore};
-use contextstore_tests::{cli, cli_binary, components, postgres_cluster};
+use contextstore_tests::{FlowProcess, cli, postgres_cluster};
 use serde_json::Value;
 
-/// `nodes` independent `slow` nodes that each sleep `sleep_ms`.
 fn sleepy_flow(dir: &Path, nodes: usize, sleep_ms: u64) -> PathBuf {
-    let slow = Value::from(components::SLOW);
-    let mut text = String::from("name = \"sleepy\"\n");
-    for i in 0..nodes {
-        text += &format!(
-            "[nodes.s{i}]\ncomponent = {slow}\nparams = {{ sleep_ms = {sleep_ms}, nonce = false }}\n"
-        );
-    }
-    let path = dir.join("sleepy.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    contextstore_tests::sleepy_flow(dir, "sleepy", nodes, sleep_ms)
 }
 
-/// A `flow run` process and the events it prints.
-struct Worker {
-    child: Child,
-    events: mpsc::Receiver<Value>,
-}
+/// A `flow run` worker of `run` with its events.
+struct Worker(FlowProcess);
 
 impl Worker {
     fn start(flow: &Path, db: &str, run: FlowRunId, name: &str, jobs: usize) -> Self {
-        let mut child = Command::new(cli_binary())
-            .args(["flow", "run", flow.to_str().unwrap(), "--db", db])
-            .args(["--run-id", &run.to_string(), "--worker", name, "--events"])
-            .args(["--jobs", &jobs.to_string(), "--lease", "5"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flow run starts");
-        let stderr = child.stderr.take().unwrap();
-        let (send, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Ok(event) = serde_json::from_str::<Value>(&line) {
-                    let _ = send.send(event);
-                }
-            }
-        });
-        Self { child, events }
+        let (run, jobs) = (run.to_string(), jobs.to_string());
+        Self(FlowProcess::start(&[
+            flow.to_str().unwrap(),
+            "--db",
+            db,
+            "--run-id",
+            &run,
+            "--worker",
+            name,
+            "--events",
+            "--jobs",
+            &jobs,
+            "--lease",
+            "5",
+        ]))
     }
 
-    /// Waits (a minute at most) until `count` steps have started.
     fn wait_started(&self, count: usize) {
-        let deadline = Instant::now() + Duration::from_secs(60);
-        let mut started = 0;
-        while started < count {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let event = self.events.recv_timeout(left).expect("steps start");
-            if event["event"] == "started" {
-                started += 1;
-            }
-        }
+        self.0.wait_started(count);
     }
 
     /// Waits (ten seconds at most) for the process to exit; its exit code.
     fn exit_code(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status.code();
-            }
-            if Instant::now() > deadline {
-                let _ = self.child.kill();
-                panic!("the worker did not exit after the cancel");
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        }
+        self.0.wait_exit(Duration::from_secs(10))
     }
 }
 

@@ -6,121 +6,38 @@
 //! it. On SQLite and PostgreSQL.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contextstore::coord::WorkerId;
-use contextstore::json::JsonText;
-use contextstore::runs::{RunRecord, WorkerOutcome, WorkerStatus};
-use contextstore::store::CallContext;
-use contextstore::{ContextStore, FlowRunId, NodeId, PostgresContextStore, SqliteContextStore};
-use contextstore_tests::{cli, cli_binary, components, postgres_cluster};
-use serde_json::{Value, json};
+use contextstore::{ContextStore, FlowRunId, PostgresContextStore, SqliteContextStore};
+use contextstore_tests::{FlowProcess, cli, finished_runs, postgres_cluster};
+use serde_json::Value;
 
-/// `nodes` independent `slow` nodes that each sleep `sleep_ms`.
 fn sleepy_flow(dir: &Path, nodes: usize, sleep_ms: u64) -> PathBuf {
-    let slow = Value::from(components::SLOW);
-    let mut text = String::from("name = \"beside\"\n");
-    for i in 0..nodes {
-        text += &format!(
-            "[nodes.s{i}]\ncomponent = {slow}\nparams = {{ sleep_ms = {sleep_ms}, nonce = false }}\n"
-        );
-    }
-    let path = dir.join("beside.toml");
-    std::fs::write(&path, text).unwrap();
-    path
+    contextstore_tests::sleepy_flow(dir, "beside", nodes, sleep_ms)
 }
 
-/// A `flow run` worker process; killed if still running when dropped.
-struct Worker(Child);
-
-impl Worker {
-    fn start(flow: &Path, db: &str, run: FlowRunId, name: &str, lease: &str) -> Self {
-        let child = Command::new(cli_binary())
-            .args(["flow", "run", flow.to_str().unwrap(), "--db", db])
-            .args(["--run-id", &run.to_string(), "--worker", name])
-            .args(["--jobs", "1", "--lease", lease])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("flow run starts");
-        Self(child)
-    }
-
-    /// Waits (two minutes at most) for the worker to exit; its exit code.
-    fn wait(&mut self) -> Option<i32> {
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(status) = self.0.try_wait().unwrap() {
-                return status.code();
-            }
-            assert!(Instant::now() < deadline, "the worker did not finish");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
+/// A `flow run` worker of `run`; killed if still running when dropped.
+fn worker(flow: &Path, db: &str, run: FlowRunId, name: &str, lease: &str) -> FlowProcess {
+    let run = run.to_string();
+    FlowProcess::start(&[
+        flow.to_str().unwrap(),
+        "--db",
+        db,
+        "--run-id",
+        &run,
+        "--worker",
+        name,
+        "--jobs",
+        "1",
+        "--lease",
+        lease,
+    ])
 }
 
-impl Drop for Worker {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// `count` finished runs of two outputs and a journal entry each, written
-/// from 16 threads through the store's own index (as a worker records
-/// itself); their ids.
-fn seed(store: &Arc<dyn ContextStore>, count: usize) -> Vec<FlowRunId> {
-    let graph = JsonText::from_stored(r#"{"nodes":[]}"#.into());
-    let runs: Vec<FlowRunId> = (0..count).map(|_| FlowRunId::new()).collect();
-    std::thread::scope(|scope| {
-        for chunk in runs.chunks(count.div_ceil(16)) {
-            let (store, graph) = (store.clone(), &graph);
-            scope.spawn(move || {
-                let executor = tokio::runtime::Builder::new_current_thread()
-                    .enable_all()
-                    .build()
-                    .unwrap();
-                let index = store.as_async().and_then(|s| s.runs()).unwrap();
-                let worker = WorkerId::new("old");
-                let cx = CallContext::within(Duration::from_secs(60));
-                for run in chunk {
-                    let record = RunRecord {
-                        run: *run,
-                        flow_name: "old",
-                        flow_hash: "h",
-                        graph,
-                        nodes: 2,
-                        worker: &worker,
-                        lease: Duration::from_secs(30),
-                    };
-                    executor
-                        .block_on(index.record(&cx, &record, WorkerStatus::Running))
-                        .unwrap();
-                    for _ in 0..2 {
-                        store
-                            .put(*run, NodeId::new(), &json!({"old": true}))
-                            .unwrap();
-                    }
-                    store
-                        .upsert_global(
-                            &format!("contextstore.flow/{run}/{}", NodeId::new()),
-                            &json!({"status": "failed", "error": "x", "attempt": 1}),
-                        )
-                        .unwrap();
-                    let done = WorkerStatus::Ended(WorkerOutcome::Done);
-                    executor.block_on(index.record(&cx, &record, done)).unwrap();
-                }
-            });
-        }
-    });
-    runs
-}
-
-/// `contextstore runs --json` (with `args`), parsed.
-fn runs(db: &str, args: &[&str]) -> Vec<Value> {
-    let mut all = vec!["runs", "--db", db, "--json"];
+/// `contextstore COMMAND --db DB ARGS…`, which must succeed; its stdout.
+fn command(command: &str, db: &str, args: &[&str]) -> Vec<u8> {
+    let mut all = vec![command, "--db", db];
     all.extend_from_slice(args);
     let out = cli(&all);
     assert!(
@@ -128,7 +45,15 @@ fn runs(db: &str, args: &[&str]) -> Vec<Value> {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    serde_json::from_slice::<Vec<Value>>(&out.stdout).expect("runs --json is a JSON array")
+    out.stdout
+}
+
+/// `contextstore runs --json` (with `args`), parsed.
+fn runs(db: &str, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    serde_json::from_slice::<Vec<Value>>(&command("runs", db, &all))
+        .expect("runs --json is a JSON array")
 }
 
 fn state_of(db: &str, run: FlowRunId) -> Option<String> {
@@ -153,25 +78,17 @@ fn wait_for_state(db: &str, run: FlowRunId, state: &str) {
 
 /// `contextstore gc` with `args`; its stdout.
 fn gc(db: &str, args: &[&str]) -> String {
-    let mut all = vec!["gc", "--db", db];
-    all.extend_from_slice(args);
-    let out = cli(&all);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).unwrap()
+    String::from_utf8(command("gc", db, args)).unwrap()
 }
 
 /// gc of `seeded` finished runs while a worker runs `flow` beside it: every
 /// seeded run is gone whole, the running run is listed `running` before
 /// and untouched after, and it finishes with every output.
 fn gc_beside_a_running_flow(db: &str, store: &Arc<dyn ContextStore>, dir: &Path, seeded: usize) {
-    let old = seed(store, seeded);
+    let old = finished_runs::seed(store, seeded);
     let flow = sleepy_flow(dir, 6, 400);
     let run = FlowRunId::new();
-    let mut worker = Worker::start(&flow, db, run, "beside", "5");
+    let mut worker = worker(&flow, db, run, "beside", "5");
     wait_for_state(db, run, "running");
     let listed = runs(db, &["--state", "done"]);
     assert_eq!(listed.len(), seeded, "the seeded runs are listed done");
@@ -194,7 +111,11 @@ fn gc_beside_a_running_flow(db: &str, store: &Arc<dyn ContextStore>, dir: &Path,
     for old in old.iter().step_by(97) {
         assert!(store.list_keys(*old).unwrap().is_empty());
     }
-    assert_eq!(worker.wait(), Some(0), "the flow beside gc finishes");
+    assert_eq!(
+        worker.wait_exit(Duration::from_secs(120)),
+        Some(0),
+        "the flow beside gc finishes"
+    );
     assert_eq!(store.list_keys(run).unwrap().len(), 6);
     let left = runs(db, &[]);
     assert_eq!(left.len(), 1, "only the flow's own run is left: {left:?}");
@@ -211,7 +132,7 @@ fn gc_beside_a_running_flow(db: &str, store: &Arc<dyn ContextStore>, dir: &Path,
 fn a_killed_workers_run_stalls(db: &str, store: &Arc<dyn ContextStore>, dir: &Path) {
     let flow = sleepy_flow(dir, 3, 20_000);
     let run = FlowRunId::new();
-    let worker = Worker::start(&flow, db, run, "doomed", "1");
+    let worker = worker(&flow, db, run, "doomed", "1");
     wait_for_state(db, run, "running");
     drop(worker); // SIGKILL
     wait_for_state(db, run, "stalled");

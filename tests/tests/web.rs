@@ -26,7 +26,7 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use contextstore::FlowRunId;
-use contextstore_tests::{cli_binary, components, postgres_cluster};
+use contextstore_tests::{FlowProcess, cli_binary, components, postgres_cluster};
 use serde_json::{Value, json};
 
 /// One browser test at a time: each starts a browser, a server and a flow,
@@ -298,61 +298,39 @@ fn write_flow(dir: &Path) -> PathBuf {
 }
 
 /// A `flow run` in the background, with its events.
-struct FlowRun {
-    child: Killed,
-    events: mpsc::Receiver<Value>,
-}
+struct FlowRun(FlowProcess);
 
 impl FlowRun {
     fn start(flow: &Path, db: &str, run: FlowRunId, metrics: SocketAddr, cache: &Path) -> Self {
-        let mut child = Command::new(cli_binary())
-            .args(["flow", "run", flow.to_str().unwrap(), "--db", db])
-            .args(["--run-id", &run.to_string(), "--events", "--jobs", "2"])
-            .args(["--lease", "5", "--metrics-listen", &metrics.to_string()])
-            .args(["--cache-dir", cache.to_str().unwrap()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("flow run starts");
-        let stderr = child.stderr.take().unwrap();
-        let (send, events) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                match serde_json::from_str::<Value>(&line) {
-                    Ok(event) => {
-                        let _ = send.send(event);
-                    }
-                    Err(_) => eprintln!("flow run: {line}"),
-                }
-            }
-        });
-        Self {
-            child: Killed(child),
-            events,
-        }
+        let (run, metrics) = (run.to_string(), metrics.to_string());
+        Self(FlowProcess::start(&[
+            flow.to_str().unwrap(),
+            "--db",
+            db,
+            "--run-id",
+            &run,
+            "--events",
+            "--jobs",
+            "2",
+            "--lease",
+            "5",
+            "--metrics-listen",
+            &metrics,
+            "--cache-dir",
+            cache.to_str().unwrap(),
+        ]))
     }
 
     /// Waits (two minutes at most) for `event` of `node`.
     fn wait_event(&self, event: &str, node: &str) {
-        let start = Instant::now();
-        loop {
-            let left = Duration::from_secs(120).saturating_sub(start.elapsed());
-            let got = self
-                .events
-                .recv_timeout(left)
-                .unwrap_or_else(|_| panic!("no {event} event of {node} within two minutes"));
-            if got["event"] == event && got["node"] == node {
-                return;
-            }
-        }
+        self.0.wait_event(Duration::from_secs(120), |got| {
+            got["event"] == event && got["node"] == node
+        });
     }
 
     /// Waits (two minutes at most) for the run to end; its exit code.
     fn wait_exit(&mut self) -> Option<i32> {
-        wait_for("flow run ends", Duration::from_secs(120), || {
-            self.child.0.try_wait().expect("flow run status")
-        })
-        .code()
+        self.0.wait_exit(Duration::from_secs(120))
     }
 }
 

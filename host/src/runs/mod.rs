@@ -242,6 +242,38 @@ pub struct RunFacts {
     pub removing: bool,
 }
 
+impl RunFacts {
+    /// The facts of a run as its record holds them, before anything else
+    /// is read: no workers, outputs, failures, claims or cancellation yet.
+    pub fn recorded(
+        run: FlowRunId,
+        flow_name: String,
+        flow_hash: String,
+        graph: JsonText,
+        nodes: u32,
+        created_at: i64,
+    ) -> Self {
+        Self {
+            run,
+            flow_name,
+            flow_hash,
+            graph,
+            nodes,
+            created_at,
+            workers: Vec::new(),
+            outputs: 0,
+            last_output_at: None,
+            failed_nodes: 0,
+            retrying_nodes: 0,
+            live_claims: 0,
+            taken_over: 0,
+            failed_attempts: 0,
+            cancelled_at: None,
+            removing: false,
+        }
+    }
+}
+
 /// Which runs a backend reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Select {

@@ -158,24 +158,11 @@ mod tests {
     }
 
     fn facts(workers: Vec<WorkerRow>, outputs: u32) -> RunFacts {
-        RunFacts {
-            run: FlowRunId::new(),
-            flow_name: "f".into(),
-            flow_hash: "h".into(),
-            graph: JsonText::from_stored("{}".into()),
-            nodes: 3,
-            created_at: 0,
-            workers,
-            outputs,
-            last_output_at: None,
-            failed_nodes: 0,
-            retrying_nodes: 0,
-            live_claims: 0,
-            taken_over: 0,
-            failed_attempts: 0,
-            cancelled_at: None,
-            removing: false,
-        }
+        let graph = JsonText::from_stored("{}".into());
+        let mut facts = RunFacts::recorded(FlowRunId::new(), "f".into(), "h".into(), graph, 3, 0);
+        facts.workers = workers;
+        facts.outputs = outputs;
+        facts
     }
 
     #[test]

@@ -103,24 +103,16 @@ fn count(n: i64) -> u32 {
 }
 
 fn run_facts(row: &Row) -> Result<RunFacts, Fault> {
-    Ok(RunFacts {
-        run: FlowRunId::from_uuid(row.try_get(0)?),
-        flow_name: row.try_get(1)?,
-        flow_hash: row.try_get(2)?,
-        graph: JsonText::from_stored(row.try_get(3)?),
-        nodes: u32::try_from(row.try_get::<_, i32>(4)?).unwrap_or(0),
-        created_at: row.try_get(5)?,
-        workers: Vec::new(),
-        outputs: 0,
-        last_output_at: None,
-        failed_nodes: 0,
-        retrying_nodes: 0,
-        live_claims: 0,
-        taken_over: 0,
-        failed_attempts: 0,
-        cancelled_at: None,
-        removing: row.try_get(6)?,
-    })
+    let mut facts = RunFacts::recorded(
+        FlowRunId::from_uuid(row.try_get(0)?),
+        row.try_get(1)?,
+        row.try_get(2)?,
+        JsonText::from_stored(row.try_get(3)?),
+        u32::try_from(row.try_get::<_, i32>(4)?).unwrap_or(0),
+        row.try_get(5)?,
+    );
+    facts.removing = row.try_get(6)?;
+    Ok(facts)
 }
 
 async fn facts(c: &mut Conn, select: &Select) -> Result<Facts, Fault> {

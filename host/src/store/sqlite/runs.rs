@@ -191,24 +191,16 @@ fn read_facts(conn: &Connection, select: Select) -> rusqlite::Result<Facts> {
         while let Some(row) = rows.next()? {
             let id: [u8; 16] = row.get(0)?;
             let run = FlowRunId::from_uuid(uuid::Uuid::from_bytes(id));
-            runs.push(RunFacts {
+            let mut facts = RunFacts::recorded(
                 run,
-                flow_name: row.get(1)?,
-                flow_hash: row.get(2)?,
-                graph: JsonText::from_stored(row.get(3)?),
-                nodes: row.get(4)?,
-                created_at: row.get(5)?,
-                workers: Vec::new(),
-                outputs: 0,
-                last_output_at: None,
-                failed_nodes: 0,
-                retrying_nodes: 0,
-                live_claims: 0,
-                taken_over: 0,
-                failed_attempts: 0,
-                cancelled_at: None,
-                removing: row.get::<_, i64>(6)? != 0,
-            });
+                row.get(1)?,
+                row.get(2)?,
+                JsonText::from_stored(row.get(3)?),
+                row.get(4)?,
+                row.get(5)?,
+            );
+            facts.removing = row.get::<_, i64>(6)? != 0;
+            runs.push(facts);
         }
     }
     let mut workers = tx.prepare_cached(
