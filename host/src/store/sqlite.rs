@@ -109,6 +109,11 @@ pub struct SqliteContextStore {
     /// they close first: the writer, closing last, checkpoints the WAL and
     /// removes the `-wal` file.
     readers: Option<ReaderPool>,
+    /// The connection gc checkpoints the write-ahead log with, once it
+    /// has removed a batch (see `runs.rs`); opened on first use. Closes
+    /// before the writer, too.
+    #[cfg(feature = "async")]
+    checkpointer: Arc<Mutex<Option<Connection>>>,
     /// The writer connection behind group commit; `None` for a store
     /// opened with [`SqliteContextStore::open_read_only`]. Shared with the
     /// blocking threads that async writes run on.
@@ -161,6 +166,8 @@ impl SqliteContextStore {
             readers: Some(readers),
             writer: Some(Arc::new(GroupCommit::new(writer, max_batch))),
             options,
+            #[cfg(feature = "async")]
+            checkpointer: Arc::default(),
         })
     }
 
@@ -192,6 +199,8 @@ impl SqliteContextStore {
             readers: Some(readers),
             writer: None,
             options,
+            #[cfg(feature = "async")]
+            checkpointer: Arc::default(),
         })
     }
 
@@ -204,6 +213,8 @@ impl SqliteContextStore {
             readers: None,
             writer: Some(Arc::new(GroupCommit::new(writer, MAX_BATCH))),
             options: SqliteOptions::default(),
+            #[cfg(feature = "async")]
+            checkpointer: Arc::default(),
         })
     }
 
