@@ -59,7 +59,7 @@ fn runs(db: &str, args: &[&str]) -> Vec<Value> {
 fn state_of(db: &str, run: FlowRunId) -> Option<String> {
     runs(db, &[])
         .into_iter()
-        .find(|r| r["run"] == run.to_string())
+        .find(|r| r["flow_run_id"] == run.to_string())
         .and_then(|r| r["state"].as_str().map(str::to_owned))
 }
 

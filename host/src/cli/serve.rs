@@ -94,7 +94,8 @@ pub fn serve(args: ServeArgs) -> anyhow::Result<Outcome> {
     ));
     let served = runtime.block_on(async move {
         let listener = tokio::net::TcpListener::from_std(listener)?;
-        axum::serve(listener, web::router(state)).await
+        web::listen::serve(listener, web::router(state)).await;
+        Ok::<(), std::io::Error>(())
     });
     // The runtime goes first: the store (a PostgreSQL store holds a runtime
     // of its own) is dropped outside it, here.
@@ -138,11 +139,7 @@ impl WorkerMetrics {
                         }
                     };
                     tokio::select! {
-                        served = axum::serve(listener, web::worker_router()).into_future() => {
-                            if let Err(error) = served {
-                                tracing::warn!(%error, "the metrics server stopped");
-                            }
-                        }
+                        () = web::listen::serve(listener, web::worker_router()) => {}
                         _ = stop_rx => {}
                     }
                 });

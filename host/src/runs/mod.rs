@@ -380,7 +380,8 @@ pub trait RunIndex: Send + Sync {
 /// One run as a listing shows it: [`RunFacts`] with its state computed.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RunSummary {
-    /// The run.
+    /// The run (`flow_run_id` in JSON, as `flow status --json` names it).
+    #[serde(rename = "flow_run_id")]
     pub run: FlowRunId,
     /// The flow's name.
     pub flow_name: String,

@@ -36,6 +36,7 @@ use contextstore::ContextStore;
 use contextstore::store::AsyncContextStore;
 
 mod api;
+pub mod listen;
 mod output;
 mod pages;
 mod store_metrics;

@@ -165,7 +165,7 @@ fn json_of(addr: SocketAddr, path: &str) -> Value {
 fn the_api_lists_runs_and_a_runs_nodes() {
     let f = fixture();
     let runs = json_of(f.addr, "/api/runs");
-    assert_eq!(runs["runs"][0]["run"], json!(f.run));
+    assert_eq!(runs["runs"][0]["flow_run_id"], json!(f.run));
     assert_eq!(runs["runs"][0]["state"], "running");
     assert_eq!(runs["runs"][0]["nodes"]["done"], 1);
     let none = json_of(f.addr, "/api/runs?state=done,cancelled");

@@ -114,8 +114,8 @@
 
   function renderRuns(data) {
     const rows = data.runs.map((run) => {
-      const row = el('tr', { 'data-run': run.run, 'data-state': run.state });
-      const link = el('a', { href: '/runs/' + encodeURIComponent(run.run) }, run.run);
+      const row = el('tr', { 'data-run': run.flow_run_id, 'data-state': run.state });
+      const link = el('a', { href: '/runs/' + encodeURIComponent(run.flow_run_id) }, run.flow_run_id);
       const first = el('td', { class: 'id' });
       first.append(link);
       const took = (run.ended_at === null ? data.now : run.ended_at) - run.started_at;
@@ -311,7 +311,7 @@
       last = data;
       const run = data.run;
       document.title = run.flow_name + ' · ' + run.state + ' · contextstore';
-      document.getElementById('crumb').textContent = run.flow_name + ' ' + run.run;
+      document.getElementById('crumb').textContent = run.flow_name + ' ' + run.flow_run_id;
       document.getElementById('flow-name').textContent = run.flow_name;
       const badge = document.getElementById('run-state');
       badge.textContent = run.state;
@@ -358,7 +358,7 @@
           td(node.attempts),
           td((node.worker || '–') + (node.lease_live ? ' (running)' : '')),
           td(fmtDuration(node.duration_ms)),
-          outputCell(run.run, node),
+          outputCell(run.flow_run_id, node),
           td(provenanceText(node.provenance), { class: 'provenance' }),
           td(detailText(node, data.now), { class: 'detail-cell' }),
         );
@@ -412,7 +412,7 @@
       list.push(el('dt', {}, 'view'));
       const dd = el('dd');
       dd.append(el('a', {
-        href: '/runs/' + encodeURIComponent(run.run) + '/nodes/' +
+        href: '/runs/' + encodeURIComponent(run.flow_run_id) + '/nodes/' +
           encodeURIComponent(node.node_id) + '/output',
       }, 'the output as JSON'));
       list.push(dd);
