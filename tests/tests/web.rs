@@ -414,14 +414,21 @@ fn scenario(db: &str, backend: &str) {
     let mut flow_run = FlowRun::start(&flow, db, run, metrics_addr, &dir.path().join("cache"));
     flow_run.wait_event("started", "slow");
 
-    // The worker's own metrics, while `slow` runs.
-    let worker = wait_for("the worker's /metrics", Duration::from_secs(30), || {
-        let (status, text) = get_text(&http, &format!("http://{metrics_addr}/metrics"))?;
-        (status == 200).then_some(text)
-    });
+    // The worker's own metrics, while `slow` runs (the `started` event
+    // comes just before its invocation begins: wait for it in flight).
+    let worker = wait_for(
+        "the worker's /metrics with an invocation in flight",
+        Duration::from_secs(30),
+        || {
+            let (status, text) = get_text(&http, &format!("http://{metrics_addr}/metrics"))?;
+            let in_flight = sample(
+                &parse_prometheus(&text),
+                "contextstore_invocations_in_flight",
+            );
+            (status == 200 && in_flight >= Some(1.0)).then_some(text)
+        },
+    );
     let samples = parse_prometheus(&worker);
-    let in_flight = sample(&samples, "contextstore_invocations_in_flight");
-    assert!(in_flight >= Some(1.0), "{backend}: {worker}");
     let commits = format!("contextstore_store_commit_seconds_count{{backend=\"{backend}\"}}");
     assert!(
         sample(&samples, &commits) >= Some(1.0),
