@@ -86,7 +86,9 @@ fn gc(db: &str, args: &[&str]) -> String {
 /// and untouched after, and it finishes with every output.
 fn gc_beside_a_running_flow(db: &str, store: &Arc<dyn ContextStore>, dir: &Path, seeded: usize) {
     let old = finished_runs::seed(store, seeded);
-    let flow = sleepy_flow(dir, 6, 400);
+    // Long enough (15 s) to be running when gc chooses its runs, however
+    // slow the machine: gc would remove it once done.
+    let flow = sleepy_flow(dir, 6, 2_500);
     let run = FlowRunId::new();
     let mut worker = worker(&flow, db, run, "beside", "5");
     wait_for_state(db, run, "running");
