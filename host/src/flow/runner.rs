@@ -1280,7 +1280,7 @@ impl Worker<'_> {
                 if node.retry.retries(series, &error) {
                     let wait = node.retry.wait(series, crate::random::unit());
                     let due = crate::store::provenance::unix_millis_now()
-                        .saturating_add(i64::try_from(wait.as_millis()).unwrap_or(i64::MAX));
+                        .saturating_add(crate::runs::millis(wait));
                     self.journal_attempt(i, &error, attempt, series, Some(due), fence);
                     {
                         let mut tries = lock(&self.tries);

@@ -89,7 +89,7 @@ pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, G
     }
     let cx = CallContext::within(options.batch_timeout);
     let facts = index.facts(&cx, Select::All).await?;
-    let older_than = i64::try_from(options.older_than.as_millis()).unwrap_or(i64::MAX);
+    let older_than = super::millis(options.older_than);
     let filter = RunFilter {
         states: options.states.clone(),
         run: None,

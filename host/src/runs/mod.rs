@@ -176,6 +176,22 @@ pub enum WorkerStatus {
     Ended(WorkerOutcome),
 }
 
+impl WorkerStatus {
+    /// How the worker ended, if it has.
+    pub fn outcome(self) -> Option<WorkerOutcome> {
+        match self {
+            Self::Running => None,
+            Self::Ended(outcome) => Some(outcome),
+        }
+    }
+}
+
+/// A duration as whole milliseconds, as the index (and SQL) keeps them;
+/// saturating far ahead.
+pub fn millis(d: Duration) -> i64 {
+    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+}
+
 /// One worker's record in a run, as read.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct WorkerRow {

@@ -48,9 +48,6 @@ impl RunFacts {
         if !died && (ended_failed || self.failed_nodes > 0) {
             return RunState::Failed;
         }
-        if self.failed_nodes > 0 && self.retrying_nodes == 0 && self.workers.is_empty() {
-            return RunState::Failed;
-        }
         RunState::Stalled
     }
 

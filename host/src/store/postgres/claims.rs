@@ -20,6 +20,7 @@ use crate::coord::{Claim, ClaimRecord, Coordinator, Renewal, Stored, WorkerId};
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use crate::runs::millis;
 use crate::store::{CallContext, Fence};
 
 /// Wins a new claim; takes over an unfinished one whose lease expired
@@ -114,11 +115,6 @@ const CLAIMS: &str = "SELECT node_id, worker, incarnation, attempt, token, finis
 /// How many times one attempt tries to claim a node that it finds neither
 /// held nor finished (its lease ran out between two statements).
 const CLAIM_ROUNDS: usize = 3;
-
-/// A lease as whole milliseconds for SQL.
-fn millis(d: Duration) -> i64 {
-    i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-}
 
 /// Milliseconds from SQL as a duration (zero if negative).
 fn duration(ms: i64) -> Duration {

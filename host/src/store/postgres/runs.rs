@@ -24,6 +24,7 @@ use crate::json::JsonText;
 use crate::runs::{
     CANCEL_PREFIX, Facts, JOURNAL_PREFIX, RemovedBatch, RunFacts, RunIndex, RunRecord, Select,
     WorkerOutcome, WorkerRow, WorkerStatus, cancel_key, cancelled_at, journal_entry, journal_range,
+    millis,
 };
 use crate::store::CallContext;
 
@@ -113,6 +114,29 @@ fn run_facts(row: &Row) -> Result<RunFacts, Fault> {
     );
     facts.removing = row.try_get(6)?;
     Ok(facts)
+}
+
+/// The globals whose keys are from `from` (inclusive) to `to`
+/// (exclusive), with keys as text (a key that is not UTF-8 is none of
+/// the index's).
+async fn globals_between(
+    tx: &tokio_postgres::Transaction<'_>,
+    from: &[u8],
+    to: &[u8],
+) -> Result<Vec<(String, String)>, Fault> {
+    let rows = tx
+        .query(
+            "SELECT key, value FROM contextstore_globals WHERE key >= $1 AND key < $2",
+            &[&from, &to],
+        )
+        .await?;
+    let mut found = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Ok(key) = String::from_utf8(row.try_get(0)?) {
+            found.push((key, row.try_get(1)?));
+        }
+    }
+    Ok(found)
 }
 
 async fn facts(c: &mut Conn, select: &Select) -> Result<Facts, Fault> {
@@ -214,19 +238,8 @@ async fn facts(c: &mut Conn, select: &Select) -> Result<Facts, Fault> {
         Select::All => prefix_range(JOURNAL_PREFIX),
     };
     let mut entries: Vec<(usize, NodeId, u32, bool)> = Vec::new();
-    for row in tx
-        .query(
-            "SELECT key, value FROM contextstore_globals WHERE key >= $1 AND key < $2",
-            &[&from, &to],
-        )
-        .await?
-    {
-        let key: Vec<u8> = row.try_get(0)?;
-        let value: String = row.try_get(1)?;
-        let Some(tail) = std::str::from_utf8(&key)
-            .ok()
-            .and_then(|k| k.strip_prefix(JOURNAL_PREFIX))
-        else {
+    for (key, value) in globals_between(&tx, &from, &to).await? {
+        let Some(tail) = key.strip_prefix(JOURNAL_PREFIX) else {
             continue;
         };
         let Some((run, node)) = tail.split_once('/') else {
@@ -273,18 +286,9 @@ async fn facts(c: &mut Conn, select: &Select) -> Result<Facts, Fault> {
         }
         Select::All => prefix_range(CANCEL_PREFIX),
     };
-    for row in tx
-        .query(
-            "SELECT key, value FROM contextstore_globals WHERE key >= $1 AND key < $2",
-            &[&from, &to],
-        )
-        .await?
-    {
-        let key: Vec<u8> = row.try_get(0)?;
-        let value: String = row.try_get(1)?;
-        let Some(&i) = std::str::from_utf8(&key)
-            .ok()
-            .and_then(|k| k.strip_prefix(CANCEL_PREFIX))
+    for (key, value) in globals_between(&tx, &from, &to).await? {
+        let Some(&i) = key
+            .strip_prefix(CANCEL_PREFIX)
             .and_then(|run| run.parse::<Uuid>().ok())
             .and_then(|run| at.get(&run))
         else {
@@ -455,11 +459,8 @@ impl RunIndex for PostgresContextStore {
             nodes: i32::try_from(record.nodes).unwrap_or(i32::MAX),
             incarnation: record.worker.incarnation,
             worker: record.worker.name.clone(),
-            lease_ms: i64::try_from(record.lease.as_millis()).unwrap_or(i64::MAX),
-            outcome: match status {
-                WorkerStatus::Running => None,
-                WorkerStatus::Ended(outcome) => Some(outcome.as_str()),
-            },
+            lease_ms: millis(record.lease),
+            outcome: status.outcome().map(WorkerOutcome::as_str),
         };
         self.call(cx, Effect::Write, "record run", &args, |c, a, _| {
             Box::pin(record_worker(c, a))

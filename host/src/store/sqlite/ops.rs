@@ -3,11 +3,12 @@
 
 use rusqlite::{Connection, params};
 
-use super::{is_primary_key_violation, now_millis};
+use super::is_primary_key_violation;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 use crate::store::Provenance;
+use crate::store::provenance::unix_millis_now as now_millis;
 
 /// One write, as the caller asked for it.
 #[derive(Debug)]

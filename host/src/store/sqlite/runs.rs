@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use rusqlite::{Connection, OptionalExtension, params};
 
 use super::ops::WriteOp;
-use super::{SqliteContextStore, lock, now_millis};
+use super::{SqliteContextStore, lock};
 use crate::error::ContextStoreError;
 use crate::id::FlowRunId;
 use crate::json::JsonText;
@@ -19,6 +19,7 @@ use crate::runs::{
     WorkerStatus, cancel_key, cancelled_at, journal_entry, journal_range,
 };
 use crate::store::CallContext;
+use crate::store::provenance::unix_millis_now as now_millis;
 
 /// A worker's record, as one write.
 #[derive(Debug)]
@@ -316,11 +317,8 @@ impl RunIndex for SqliteContextStore {
             nodes: record.nodes,
             incarnation: record.worker.incarnation,
             worker: record.worker.name.clone(),
-            lease_ms: i64::try_from(record.lease.as_millis()).unwrap_or(i64::MAX),
-            outcome: match status {
-                WorkerStatus::Running => None,
-                WorkerStatus::Ended(outcome) => Some(outcome),
-            },
+            lease_ms: crate::runs::millis(record.lease),
+            outcome: status.outcome(),
         };
         self.write_under(cx, WriteOp::Record(Box::new(op))).await
     }
