@@ -151,9 +151,12 @@ pub fn gc(args: GcArgs) -> anyhow::Result<Outcome> {
         "removed"
     };
     let left: std::collections::HashSet<_> = report.left_live.iter().collect();
+    let elsewhere: std::collections::HashSet<_> = report.already_removed.iter().collect();
     for run in &report.chosen {
         let what = if left.contains(&run.run) {
             "left alone (a worker is live on it now)"
+        } else if elsewhere.contains(&run.run) {
+            "already removed (by another gc)"
         } else {
             verb
         };

@@ -321,7 +321,8 @@ pub fn gc_removes_whole_runs_in_bounded_batches_and_never_a_live_one<S: ContextS
 }
 
 /// A run whose removal stopped part way (its batch ran out of rows) is
-/// left out of listings, and the next gc finishes it, whatever its filter.
+/// left out of listings, and the next gc finishes it, whatever its filter;
+/// asked for once more, it is reported missing.
 pub fn a_run_half_removed_is_hidden_and_finished_by_the_next_gc<S: ContextStore>(store: Arc<S>) {
     let index = index(store.as_ref());
     let (run, nodes) = finished_run(store.as_ref(), 5);
@@ -340,6 +341,11 @@ pub fn a_run_half_removed_is_hidden_and_finished_by_the_next_gc<S: ContextStore>
         assert_eq!(store.get(run, *node).unwrap(), None);
     }
     assert!(facts_of(index, run).is_none());
+    // Asked for again (a second gc that chose it too), it is missing, not removed.
+    let again = block_on(index.remove(&cx(), &[run], 100)).unwrap();
+    assert_eq!(again.missing, vec![run]);
+    assert!(again.gone.is_empty());
+    assert_eq!(again.removed.rows(), 0);
 }
 
 /// A dry run says what it would remove and removes nothing; runs younger

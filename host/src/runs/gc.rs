@@ -54,6 +54,8 @@ pub struct GcReport {
     pub removed_runs: Vec<FlowRunId>,
     /// Of those, the runs left alone because a worker became live on them.
     pub left_live: Vec<FlowRunId>,
+    /// Of those, the runs another gc removed meanwhile.
+    pub already_removed: Vec<FlowRunId>,
     /// The rows removed, by kind.
     pub removed: Removed,
     /// How many batches (transactions) it took.
@@ -122,13 +124,20 @@ pub async fn gc(index: &dyn RunIndex, options: &GcOptions) -> Result<GcReport, G
         let took = began.elapsed();
         report.batches += 1;
         report.removed.add(&batch.removed);
-        let settled: HashSet<FlowRunId> = batch.gone.iter().chain(&batch.live).copied().collect();
+        let settled: HashSet<FlowRunId> = batch
+            .gone
+            .iter()
+            .chain(&batch.live)
+            .chain(&batch.missing)
+            .copied()
+            .collect();
         if settled.is_empty() && batch.removed.rows() == 0 {
             return Err(GcError::Store(ContextStoreError::StorageError(
                 "a removal batch removed nothing and finished no run".into(),
             )));
         }
         report.removed_runs.extend(&batch.gone);
+        report.already_removed.extend(&batch.missing);
         report.left_live.extend(&batch.live);
         pending.retain(|run| !settled.contains(run));
         if !pending.is_empty() && options.pace > 0.0 {

@@ -345,8 +345,11 @@ impl Removed {
 pub struct RemovedBatch {
     /// The rows it removed.
     pub removed: Removed,
-    /// The runs it finished removing (their record is gone).
+    /// The runs it finished removing (it deleted their record).
     pub gone: Vec<FlowRunId>,
+    /// The runs it was asked for that had no record left: another gc
+    /// removed them meanwhile.
+    pub missing: Vec<FlowRunId>,
     /// The runs it left alone because a worker is live on them now.
     pub live: Vec<FlowRunId>,
 }

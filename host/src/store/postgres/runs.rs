@@ -428,14 +428,23 @@ async fn remove(c: &mut Conn, a: &Remove<'_>) -> Result<RemovedBatch, Fault> {
                 &[&gone_ids],
             )
             .await?;
-        batch.removed.runs = tx
-            .execute(
-                "DELETE FROM contextstore_runs WHERE flow_run_id = ANY($1)",
+        let mut deleted = HashSet::new();
+        for row in tx
+            .query(
+                "DELETE FROM contextstore_runs WHERE flow_run_id = ANY($1) RETURNING flow_run_id",
                 &[&gone_ids],
             )
-            .await?;
+            .await?
+        {
+            deleted.insert(row.try_get::<_, Uuid>(0)?);
+        }
+        batch.removed.runs = deleted.len() as u64;
+        let (removed, missing) = gone
+            .into_iter()
+            .partition(|run| deleted.contains(run.as_uuid()));
+        batch.gone = removed;
+        batch.missing = missing;
     }
-    batch.gone = gone;
     tx.commit().await?;
     Ok(batch)
 }

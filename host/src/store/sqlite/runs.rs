@@ -158,7 +158,11 @@ impl RemoveOp {
                 .execute(params![id])?;
             batch.removed.runs += runs as u64;
             left -= (mark + workers + runs) as i64;
-            batch.gone.push(*run);
+            if runs == 0 {
+                batch.missing.push(*run);
+            } else {
+                batch.gone.push(*run);
+            }
         }
         *lock(&self.out) = batch;
         Ok(())
