@@ -22,7 +22,9 @@
 //!
 //! # Embedding
 //!
-//! ```no_run
+// Compiled (not run) where the sandbox is built; without it, shown only.
+#![cfg_attr(feature = "runtime", doc = "```no_run")]
+#![cfg_attr(not(feature = "runtime"), doc = "```ignore")]
 //! use std::sync::Arc;
 //! use contextstore::{ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, Runtime, SqliteContextStore};
 //! use serde_json::json;

@@ -427,6 +427,12 @@ fn migrate_converts_a_worldinterface_database_and_prints_counts() {
         said.contains("converted a WorldInterface database: 1 output(s), 1 global(s)"),
         "{said}"
     );
+    let backup = dir.path().join("wi.db.worldinterface-backup");
+    assert!(
+        said.contains(&format!("the original is kept at {}", backup.display())),
+        "{said}"
+    );
+    assert!(backup.exists());
     let second = contextstore(&["migrate", "--db", db]);
     assert!(
         String::from_utf8_lossy(&second.stdout).contains("nothing to do"),
@@ -447,4 +453,203 @@ fn migrate_converts_a_worldinterface_database_and_prints_counts() {
         dir.path().join("none.db").to_str().unwrap(),
     ]);
     assert_one_error_line(&missing, "no such database file");
+}
+
+/// A WorldInterface file with one output and one global, as the original
+/// store makes it.
+fn worldinterface_file(path: &std::path::Path) {
+    rusqlite::Connection::open(path)
+        .unwrap()
+        .execute_batch(
+            "PRAGMA journal_mode = WAL;
+             CREATE TABLE outputs (flow_run_id TEXT NOT NULL, node_id TEXT NOT NULL,
+                 value BLOB NOT NULL, written_at TEXT NOT NULL,
+                 PRIMARY KEY (flow_run_id, node_id)) STRICT;
+             CREATE TABLE globals (key TEXT NOT NULL PRIMARY KEY, value BLOB NOT NULL,
+                 written_at TEXT NOT NULL) STRICT;
+             INSERT INTO outputs VALUES ('67e55044-10b1-426f-9247-bb680e5fe0c8',
+                 '67e55044-10b1-426f-9247-bb680e5fe0c9', CAST('{\"a\":1}' AS BLOB),
+                 '2024-05-01T12:00:00+00:00');
+             INSERT INTO globals VALUES ('k', CAST('[true]' AS BLOB), '2024-05-01T12:00:00+00:00');",
+        )
+        .unwrap();
+}
+
+#[test]
+fn migrate_back_writes_the_worldinterface_format_and_lists_what_it_left_out() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wi.db");
+    worldinterface_file(&path);
+    let db = path.to_str().unwrap();
+    assert_eq!(
+        contextstore(&["migrate", "--db", db]).status.code(),
+        Some(0)
+    );
+    // Written after the conversion.
+    let put = contextstore(&["global", "upsert", "--db", db, "k", "{\"after\": 2}"]);
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+    let put = contextstore(&["global", "put", "--db", db, "", "\"empty key\""]);
+    assert_eq!(put.status.code(), Some(0), "{}", stderr(&put));
+
+    let out = dir.path().join("back.db");
+    let to = out.to_str().unwrap();
+    let back = contextstore(&["migrate", "--back", "--db", db, "--to", to]);
+    assert_eq!(back.status.code(), Some(0), "{}", stderr(&back));
+    let said = String::from_utf8_lossy(&back.stdout);
+    assert!(
+        said.contains(&format!(
+            "{db}: wrote {to} in the WorldInterface store's format: 1 output(s), 2 global(s)"
+        )),
+        "{said}"
+    );
+    for line in [
+        "  provenance: 0 output(s)",
+        "  runs: 0 row(s)",
+        "  run_workers: 0 row(s)",
+    ] {
+        assert!(said.contains(line), "{line:?} not in {said}");
+    }
+    // The original store's own reads.
+    let conn = rusqlite::Connection::open(&out).unwrap();
+    let value: Vec<u8> = conn
+        .query_row(
+            "SELECT value FROM outputs WHERE flow_run_id = ?1 AND node_id = ?2",
+            [
+                "67e55044-10b1-426f-9247-bb680e5fe0c8",
+                "67e55044-10b1-426f-9247-bb680e5fe0c9",
+            ],
+            |r| r.get(0),
+        )
+        .unwrap();
+    assert_eq!(
+        serde_json::from_slice::<serde_json::Value>(&value).unwrap(),
+        serde_json::json!({"a": 1})
+    );
+    let global = |key: &str| -> serde_json::Value {
+        let value: Vec<u8> = conn
+            .query_row("SELECT value FROM globals WHERE key = ?1", [key], |r| {
+                r.get(0)
+            })
+            .unwrap();
+        serde_json::from_slice(&value).unwrap()
+    };
+    assert_eq!(global("k"), serde_json::json!({"after": 2}));
+    assert_eq!(global(""), serde_json::json!("empty key"));
+    let (app, version): (i64, i64) = conn
+        .query_row(
+            "SELECT (SELECT application_id FROM pragma_application_id), \
+                    (SELECT user_version FROM pragma_user_version)",
+            [],
+            |r| Ok((r.get(0)?, r.get(1)?)),
+        )
+        .unwrap();
+    assert_eq!((app, version), (0, 0));
+    drop(conn);
+
+    // `--json`: the same report.
+    let json_out = dir.path().join("back.json.db");
+    let json = contextstore(&[
+        "migrate",
+        "--back",
+        "--json",
+        "--db",
+        db,
+        "--to",
+        json_out.to_str().unwrap(),
+    ]);
+    assert_eq!(json.status.code(), Some(0), "{}", stderr(&json));
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(report["outputs"], 1);
+    assert_eq!(report["globals"], 2);
+    assert_eq!(report["dropped"][0]["what"], "provenance");
+
+    // Refused: an existing file, a WorldInterface file, a non-database,
+    // PostgreSQL; `--to` without `--back` and `--back` without `--to`.
+    let again = contextstore(&["migrate", "--back", "--db", db, "--to", to]);
+    assert_one_error_line(&again, "already exists");
+    let backup = dir.path().join("wi.db.worldinterface-backup");
+    let fresh = dir.path().join("fresh.db");
+    let fresh = fresh.to_str().unwrap();
+    let original = contextstore(&[
+        "migrate",
+        "--back",
+        "--db",
+        backup.to_str().unwrap(),
+        "--to",
+        fresh,
+    ]);
+    assert_one_error_line(&original, "a WorldInterface database already");
+    let junk = dir.path().join("junk.db");
+    std::fs::write(&junk, b"not a database at all. ".repeat(100)).unwrap();
+    let junk = contextstore(&[
+        "migrate",
+        "--back",
+        "--db",
+        junk.to_str().unwrap(),
+        "--to",
+        fresh,
+    ]);
+    assert_one_error_line(&junk, "not a database");
+    let postgres = contextstore(&[
+        "migrate",
+        "--back",
+        "--db",
+        "postgres://u@127.0.0.1:1/db",
+        "--to",
+        fresh,
+    ]);
+    assert_one_error_line(&postgres, "SQLite files only");
+    assert!(!std::path::Path::new(fresh).exists());
+    for args in [
+        &["migrate", "--db", db, "--to", fresh][..],
+        &["migrate", "--back", "--db", db][..],
+    ] {
+        let usage = contextstore(args);
+        assert_eq!(usage.status.code(), Some(2), "{args:?}");
+        assert!(stderr(&usage).contains("--"), "{}", stderr(&usage));
+    }
+}
+
+/// `info` says what a store is, and changes nothing: no file is made for a
+/// missing path, and an existing one keeps its bytes.
+#[test]
+fn info_describes_a_store_read_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("c.db");
+    let path = db.to_str().unwrap();
+    let missing = contextstore(&["info", "--db", path]);
+    assert_one_error_line(&missing, "no such database file");
+    assert!(!db.exists(), "info made a file");
+    drop(contextstore::SqliteContextStore::open(&db).unwrap());
+    let before = std::fs::read(&db).unwrap();
+    let shown = contextstore(&["info", "--db", path]);
+    assert!(shown.status.success(), "stderr: {}", stderr(&shown));
+    let text = String::from_utf8(shown.stdout).unwrap();
+    for line in [
+        "backend: sqlite",
+        &format!("location: {path}"),
+        "read only: true",
+        "durability: none (read only)",
+        "journal mode: wal",
+    ] {
+        assert!(text.lines().any(|l| l == line), "{line:?} not in:\n{text}");
+    }
+    let json = contextstore(&["info", "--db", path, "--json"]);
+    let info: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(info["backend"], "sqlite");
+    assert_eq!(info["journal_mode"], "wal");
+    assert!(info["schema_version"].as_i64().unwrap() >= 1, "{info}");
+    assert_eq!(std::fs::read(&db).unwrap(), before, "info changed the file");
+}
+
+#[test]
+fn info_describes_a_postgres_store() {
+    let db = postgres_cluster::fresh_database();
+    drop(contextstore::PostgresContextStore::connect(&db).unwrap());
+    let json = contextstore(&["info", "--db", &db, "--json"]);
+    assert!(json.status.success(), "stderr: {}", stderr(&json));
+    let info: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(info["backend"], "postgres");
+    assert_eq!(info["durability"], "on");
+    assert_eq!(info["journal_mode"], serde_json::Value::Null);
 }

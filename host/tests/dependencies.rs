@@ -19,6 +19,7 @@ const ALLOWED: &[&str] = &[
     "tracing",
     "uuid",
     // theirs
+    "ahash", // rusqlite 0.32's hashlink 0.9 (hashbrown 0.14)
     "bitflags",
     "cfg-if",
     "deranged",
@@ -50,6 +51,7 @@ const ALLOWED: &[&str] = &[
     "tracing-attributes",
     "tracing-core",
     "unicode-ident",
+    "zerocopy", // ahash's, with rusqlite 0.32
     "zmij",
 ];
 

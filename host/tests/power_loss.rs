@@ -543,10 +543,9 @@ impl Figures {
             (&outcome.lost, &mut self.lost_samples),
             (&outcome.corrupt, &mut self.corrupt_samples),
         ] {
-            if let Some(first) = findings.first()
-                && samples.len() < 5
-            {
-                samples.push(format!("{trial}: {first}"));
+            match findings.first() {
+                Some(first) if samples.len() < 5 => samples.push(format!("{trial}: {first}")),
+                _ => {}
             }
         }
     }

@@ -12,6 +12,7 @@ use clap::{Parser, Subcommand};
 use contextstore::ContextStore;
 
 mod flow;
+mod info;
 mod inspect;
 mod migrate;
 mod new;
@@ -59,8 +60,12 @@ enum Command {
     #[command(subcommand)]
     Flow(flow::FlowCommand),
     /// Bring a database to this build's schema in place, converting a
-    /// WorldInterface database (opening it for writing does the same).
+    /// WorldInterface database (opening it for writing does the same);
+    /// with --back, write it out again in the WorldInterface format.
     Migrate(migrate::MigrateArgs),
+    /// Say what a store is: backend, location, durability, journal mode,
+    /// schema version, group commit (opens it read-only).
+    Info(info::InfoArgs),
     /// List the runs the store holds, with their state and node counts.
     Runs(runs::RunsArgs),
     /// Remove old runs whole (outputs, journal, claims), never a running one.
@@ -136,6 +141,7 @@ pub fn main() -> ExitCode {
         Command::Global(command) => inspect::global(command),
         Command::Flow(command) => flow::flow(command),
         Command::Migrate(args) => migrate::migrate(args),
+        Command::Info(args) => info::info(args),
         Command::Runs(args) => runs::list(args),
         Command::Gc(args) => runs::gc(args),
         Command::Serve(args) => serve::serve(args),

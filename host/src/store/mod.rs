@@ -6,6 +6,7 @@ use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
 pub use call::{CallContext, Fence};
+pub use describe::{Backend, StoreInfo};
 pub use provenance::{Provenance, Stored};
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ pub use async_store::{AsyncContextStore, to_async};
 
 pub mod atomic;
 pub mod call;
+pub mod describe;
 
 #[cfg(feature = "postgres")]
 pub mod postgres;
@@ -136,6 +138,16 @@ pub trait ContextStore: Send + Sync {
     /// Reads a global value; `None` if not yet written.
     fn get_global(&self, key: &str) -> Result<Option<Value>, ContextStoreError> {
         decode(self.get_global_text(key)?)
+    }
+
+    /// What this store is: backend, location, durability, journal mode,
+    /// schema version, group commit, read from the open store (see
+    /// [`StoreInfo`]). This crate's backends answer it; a store that does
+    /// not (the default) fails with a [`ContextStoreError::StorageError`].
+    fn describe(&self) -> Result<StoreInfo, ContextStoreError> {
+        Err(ContextStoreError::StorageError(
+            "this store does not describe itself".into(),
+        ))
     }
 
     /// The backend's own async interface, borrowed, where it has one (this

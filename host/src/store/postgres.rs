@@ -50,6 +50,7 @@ use crate::coord::Coordinator;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use crate::store::{Backend, StoreInfo};
 
 mod claims;
 mod errors;
@@ -558,6 +559,26 @@ impl ContextStore for PostgresContextStore {
             &CallContext::none(),
             key,
         ))
+    }
+
+    fn describe(&self) -> Result<StoreInfo, ContextStoreError> {
+        let facts = self.block(self.call(
+            &CallContext::none(),
+            Effect::Read,
+            "describe",
+            &(),
+            |c, _, _| Box::pin(schema::facts(c)),
+        ))?;
+        Ok(StoreInfo {
+            backend: Backend::Postgres,
+            location: self.target.clone(),
+            read_only: self.read_only,
+            schema_version: facts.schema_version,
+            durability: facts.synchronous_commit,
+            journal_mode: None,
+            group_commit: false,
+            engine_version: format!("PostgreSQL {}", facts.server_version),
+        })
     }
 
     fn as_async(&self) -> Option<&dyn AsyncContextStore> {

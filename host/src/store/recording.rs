@@ -221,6 +221,10 @@ impl ContextStore for RecordingStore {
         self.record(op, self.inner.get_global_text(key), text)
     }
 
+    fn describe(&self) -> Result<crate::store::StoreInfo, ContextStoreError> {
+        self.inner.describe()
+    }
+
     fn put_text_with_provenance(
         &self,
         flow_run_id: FlowRunId,

@@ -168,11 +168,22 @@ pub(crate) fn refuse_marks(app: i64, version: i64) -> Result<(), ContextStoreErr
 /// database already at this build's schema is only read: no write lock is
 /// taken, so another process's write transaction does not hold it up.
 pub fn migrate(conn: &mut Connection) -> Result<(), ContextStoreError> {
-    migrate_reporting(conn).map(drop)
+    migrate_reporting(conn, None).map(drop)
 }
 
 /// [`migrate`], saying what it did.
-pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, ContextStoreError> {
+///
+/// Converting a WorldInterface database, it first keeps a copy of the
+/// original beside the file ([`worldinterface::backup_path`]), made once
+/// the transaction holds the write lock and before anything is changed,
+/// through a second connection opened with `vfs` (the VFS `conn` was
+/// opened with; `None`: the default). The copy is made under a `.partial`
+/// name and renamed only after the commit; a failed conversion removes it.
+/// If the copy's final name exists already, the conversion is refused.
+pub fn migrate_reporting(
+    conn: &mut Connection,
+    vfs: Option<&str>,
+) -> Result<MigrationReport, ContextStoreError> {
     let found = {
         // A read transaction: one consistent view, and no write lock.
         let read = conn.transaction_with_behavior(TransactionBehavior::Deferred)?;
@@ -183,13 +194,17 @@ pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, Conte
             from_version: CURRENT_VERSION,
             to_version: CURRENT_VERSION,
             worldinterface: None,
+            backup: None,
         });
     }
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     // Another process may have migrated the file since it was read.
     let found = inspect(&tx)?;
     let version = found.version();
+    // Dropped unpublished (an error below), the copy is removed.
+    let mut copy = None;
     if found == Found::WorldInterface {
+        copy = worldinterface::keep_copy(&tx, vfs)?;
         worldinterface::set_aside(&tx)?;
     }
     let from = usize::try_from(version).unwrap_or(0);
@@ -213,10 +228,18 @@ pub fn migrate_reporting(conn: &mut Connection) -> Result<MigrationReport, Conte
         tx.pragma_update(None, "user_version", CURRENT_VERSION)?;
     }
     tx.commit()?;
+    let backup = copy.map(worldinterface::PendingCopy::publish);
+    if let Some(backup) = &backup {
+        tracing::info!(
+            backup = %backup.display(),
+            "kept a copy of the WorldInterface original"
+        );
+    }
     Ok(MigrationReport {
         from_version: version,
         to_version: CURRENT_VERSION,
         worldinterface: converted,
+        backup,
     })
 }
 
@@ -276,7 +299,7 @@ mod tests {
         other.execute_batch("BEGIN IMMEDIATE").unwrap();
         // Fail at once, rather than wait, if the lock were wanted.
         conn.busy_timeout(std::time::Duration::ZERO).unwrap();
-        let report = migrate_reporting(&mut conn).unwrap();
+        let report = migrate_reporting(&mut conn, None).unwrap();
         assert_eq!(
             (report.from_version, report.to_version),
             (CURRENT_VERSION, CURRENT_VERSION)
@@ -335,7 +358,7 @@ mod tests {
             [],
         )
         .unwrap();
-        let report = migrate_reporting(&mut conn).unwrap();
+        let report = migrate_reporting(&mut conn, None).unwrap();
         assert_eq!(
             (report.from_version, report.to_version),
             (1, CURRENT_VERSION)

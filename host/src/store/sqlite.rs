@@ -40,6 +40,7 @@ mod tests;
 use crate::error::ContextStoreError;
 use crate::id::{FlowRunId, NodeId};
 use crate::json::JsonText;
+use crate::store::{Backend, StoreInfo};
 use group_commit::{GroupCommit, MAX_BATCH};
 use open::ReaderPool;
 use ops::WriteOp;
@@ -576,6 +577,34 @@ impl ContextStore for SqliteContextStore {
 
     fn get_global_text(&self, key: &str) -> Result<Option<JsonText>, ContextStoreError> {
         self.get_global_until(self.own_give_up(), key)
+    }
+
+    fn describe(&self) -> Result<StoreInfo, ContextStoreError> {
+        let (journal_mode, schema_version): (String, i64) =
+            self.read(self.own_give_up(), |conn| {
+                Ok((
+                    conn.pragma_query_value(None, "journal_mode", |row| row.get(0))?,
+                    conn.pragma_query_value(None, "user_version", |row| row.get(0))?,
+                ))
+            })?;
+        let durability = match (&self.writer, self.options.durability) {
+            (None, _) => "none (read only)",
+            (Some(_), Durability::Full) => "full",
+            (Some(_), Durability::Normal) => "normal",
+        };
+        Ok(StoreInfo {
+            backend: Backend::Sqlite,
+            location: match &self.readers {
+                Some(readers) => readers.path.display().to_string(),
+                None => ":memory:".into(),
+            },
+            read_only: self.writer.is_none(),
+            schema_version,
+            durability: durability.into(),
+            journal_mode: Some(journal_mode.to_ascii_lowercase()),
+            group_commit: self.writer.is_some() && self.options.group_commit,
+            engine_version: format!("SQLite {}", rusqlite::version()),
+        })
     }
 
     #[cfg(feature = "async")]

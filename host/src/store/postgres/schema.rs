@@ -4,6 +4,8 @@
 use tokio_postgres::{Client, Row};
 
 use super::errors::{error, naming};
+use super::pool::Conn;
+use super::retry::Fault;
 use crate::error::ContextStoreError;
 
 /// The application marker in `contextstore_meta`.
@@ -216,4 +218,33 @@ fn newer(version: i64) -> ContextStoreError {
     ContextStoreError::StorageError(format!(
         "database schema version {version} is newer than this build supports ({SCHEMA_VERSION})"
     ))
+}
+
+/// What [`facts`] reads of the database a store is connected to.
+pub(super) struct Facts {
+    /// The schema version its marker records.
+    pub(super) schema_version: i64,
+    /// The session's `synchronous_commit`.
+    pub(super) synchronous_commit: String,
+    /// The server's `server_version`.
+    pub(super) server_version: String,
+}
+
+/// Reads the schema version, `synchronous_commit` and the server's version:
+/// for [`describe`](crate::ContextStore::describe).
+pub(super) async fn facts(c: &mut Conn) -> Result<Facts, Fault> {
+    let rows = c.client.query(META, &[]).await?;
+    let schema_version = version_in(&rows)?;
+    let row = c
+        .client
+        .query_one(
+            "SELECT current_setting('synchronous_commit'), current_setting('server_version')",
+            &[],
+        )
+        .await?;
+    Ok(Facts {
+        schema_version,
+        synchronous_commit: row.try_get(0)?,
+        server_version: row.try_get(1)?,
+    })
 }

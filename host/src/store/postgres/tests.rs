@@ -190,6 +190,22 @@ fn assert_fenced<T: std::fmt::Debug>(result: Result<T, ContextStoreError>, fence
 }
 
 #[test]
+fn describe_reads_the_schema_and_settings_of_the_database() {
+    let url = cluster::fresh_database();
+    let store = PostgresContextStore::connect(&url).unwrap();
+    let info = store.describe().unwrap();
+    assert_eq!(info.backend, crate::store::Backend::Postgres);
+    assert_eq!(info.location, store.target());
+    assert_eq!(info.schema_version, schema::SCHEMA_VERSION);
+    assert_eq!(info.durability, "on");
+    assert_eq!(info.journal_mode, None);
+    assert!(!info.read_only);
+    assert!(info.engine_version.starts_with("PostgreSQL 1"), "{info:?}");
+    let read_only = PostgresContextStore::connect_read_only(&url).unwrap();
+    assert!(read_only.describe().unwrap().read_only);
+}
+
+#[test]
 fn values_rest_as_the_exact_text_written() {
     let url = cluster::fresh_database();
     let store = PostgresContextStore::connect(&url).unwrap();

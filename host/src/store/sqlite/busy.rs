@@ -47,6 +47,12 @@ fn scoped<T>(
     f()
 }
 
+/// Makes [`handler`] `conn`'s busy handler. Takes `&mut`, as rusqlite 0.41
+/// and later do (earlier versions take `&`): one call for the whole range.
+pub(crate) fn install(conn: &mut rusqlite::Connection) -> rusqlite::Result<()> {
+    conn.busy_handler(Some(handler))
+}
+
 /// SQLite's busy handler: `true` to try again, `false` to give up (the
 /// statement then fails with `SQLITE_BUSY`).
 pub(crate) fn handler(_attempts: i32) -> bool {

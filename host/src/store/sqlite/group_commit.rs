@@ -430,9 +430,10 @@ fn reset(conn: &Connection) {
 
 /// Rolls back after a failed statement or commit, if SQLite has not.
 fn rollback(conn: &Connection) {
-    if !conn.is_autocommit()
-        && let Err(error) = conn.execute_batch("ROLLBACK")
-    {
+    if conn.is_autocommit() {
+        return;
+    }
+    if let Err(error) = conn.execute_batch("ROLLBACK") {
         tracing::warn!(%error, "rollback after a failed batch failed");
     }
 }

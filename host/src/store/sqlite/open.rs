@@ -63,7 +63,7 @@ impl ReaderPool {
         } else {
             connect(&self.path, flags, options)?
         };
-        conn.busy_handler(Some(busy::handler))?;
+        busy::install(&mut conn)?;
         conn.pragma_update(None, "query_only", true)?;
         Ok(conn)
     }
@@ -85,7 +85,7 @@ pub(super) fn writer(
         | OpenFlags::SQLITE_OPEN_NO_MUTEX
         | OpenFlags::SQLITE_OPEN_URI;
     let mut conn = connect(path, flags, options)?;
-    conn.busy_handler(Some(busy::handler))?;
+    busy::install(&mut conn)?;
     let give_up = CallContext::none().give_up(options.busy_deadline);
     busy::wait_until(give_up, || configure_writer(&mut conn, options, give_up))?;
     Ok(conn)
@@ -260,8 +260,11 @@ fn configure_writer(
     conn.pragma_update(None, "foreign_keys", true)?;
     if !found.is_current() {
         // Another process may hold the database while it migrates or
-        // writes: wait for it like any busy write.
-        retry_locked(give_up, || schema::migrate(conn))?;
+        // writes: wait for it like any busy write. A WorldInterface
+        // file's copy is made through the same VFS.
+        retry_locked(give_up, || {
+            schema::migrate_reporting(conn, options.vfs.as_deref()).map(drop)
+        })?;
     }
     Ok(())
 }

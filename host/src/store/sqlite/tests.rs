@@ -231,3 +231,63 @@ fn opening_garbage_is_a_clear_error() {
     );
     assert_eq!(std::fs::read(&path).unwrap(), vec![0x42u8; 8192]);
 }
+
+/// `describe` states what the open store is, read from the file.
+mod describing {
+    use super::*;
+    use crate::store::Backend;
+
+    #[test]
+    fn a_file_store_says_wal_full_group_commit_and_its_schema() {
+        let (dir, store) = temp_store();
+        let info = store.describe().unwrap();
+        assert_eq!(info.backend, Backend::Sqlite);
+        assert_eq!(
+            info.location,
+            dir.path().join("ctx.db").display().to_string()
+        );
+        assert!(!info.read_only);
+        assert_eq!(info.schema_version, schema::CURRENT_VERSION);
+        assert_eq!(info.durability, "full");
+        assert_eq!(info.journal_mode.as_deref(), Some("wal"));
+        assert!(info.group_commit);
+        assert!(info.engine_version.starts_with("SQLite 3."), "{info:?}");
+        let shown = info.to_string();
+        assert!(shown.contains("journal mode: wal"), "{shown}");
+        assert!(shown.contains("group commit: on"), "{shown}");
+    }
+
+    #[test]
+    fn options_and_read_only_opens_show() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("ctx.db");
+        let options = SqliteOptions {
+            durability: Durability::Normal,
+            group_commit: false,
+            ..SqliteOptions::default()
+        };
+        let store = SqliteContextStore::open_with(&path, options).unwrap();
+        let info = store.describe().unwrap();
+        assert_eq!(
+            (info.durability.as_str(), info.group_commit),
+            ("normal", false)
+        );
+        drop(store);
+        let store = SqliteContextStore::open_read_only(&path, SqliteOptions::default()).unwrap();
+        let info = store.describe().unwrap();
+        assert!(info.read_only);
+        assert!(!info.group_commit);
+        assert_eq!(info.journal_mode.as_deref(), Some("wal"));
+        assert_eq!(info.schema_version, schema::CURRENT_VERSION);
+    }
+
+    #[test]
+    fn an_in_memory_store_says_memory() {
+        let info = SqliteContextStore::in_memory().unwrap().describe().unwrap();
+        assert_eq!(info.location, ":memory:");
+        assert_eq!(info.journal_mode.as_deref(), Some("memory"));
+        let json = serde_json::to_value(&info).unwrap();
+        assert_eq!(json["backend"], "sqlite");
+        assert_eq!(json["schema_version"], schema::CURRENT_VERSION);
+    }
+}
