@@ -4,10 +4,12 @@
 //! JSON so that every check is passed as well as failed, made by two
 //! [`GuestStore`]s over one in-memory [`SqliteContextStore`]:
 //!
-//! - guest A: node A of the run, the default grant (no globals at all),
+//! - guest A: node A of the run, with node B as its declared upstream, the
+//!   default grant (no globals at all, reads of its own node and B only),
 //!   limits of 4096 bytes, 64 writes, depth 32;
-//! - guest B: node B of the same run, may write globals under `w/` and read
-//!   them under `w/` and `r/`, limits of 256 bytes, 16 writes, depth 4.
+//! - guest B: node B of the same run, no upstreams, may read the whole run,
+//!   write globals under `w/` and read them under `w/` and `r/`, limits of
+//!   256 bytes, 16 writes, depth 4.
 //!
 //! The host also writes outputs and globals directly (a third node, another
 //! run, any key), so that denied reads would otherwise find something.
@@ -20,7 +22,7 @@
 //!   target through [`ContextStore`]);
 //! - an `Ok` write reads back equal (both texts parsed with `serde_json`);
 //! - `writes()` counts every write call, refused ones included, and never
-//!   exceeds `max_writes`;
+//!   exceeds `max_writes`; `reads()` counts every read call likewise;
 //! - at the end, every output, every `list_keys` and every global touched
 //!   agrees with the model.
 
@@ -422,9 +424,31 @@ struct Guest {
     limits: Limits,
     /// What `writes()` must say.
     writes: u32,
+    /// Its declared upstream, if any.
+    upstream: Option<NodeId>,
+    /// Whether its grant widens reads to the whole run.
+    read_run: bool,
+    /// What `reads()` must say.
+    reads: u32,
 }
 
 impl Guest {
+    /// Whether a `get` or `list-keys` of this guest's own run reaches `node`.
+    fn may_read_node(&self, node: NodeId) -> bool {
+        self.read_run || node == self.node || self.upstream == Some(node)
+    }
+
+    /// Every read call counts, refused ones included (the limit is far
+    /// above what one input makes).
+    fn count_read(&mut self, call: &str) {
+        self.reads += 1;
+        assert_eq!(
+            self.store.reads(),
+            self.reads,
+            "{call}: reads() disagrees with the number of read calls"
+        );
+    }
+
     fn may_read(&self, key: &str) -> bool {
         !key.starts_with(RESERVED_PREFIX) && self.read_prefixes.iter().any(|p| key.starts_with(p))
     }
@@ -499,12 +523,15 @@ impl World {
         let store = Arc::new(SqliteContextStore::in_memory().expect("in-memory store"));
         let run: FlowRunId = RUN.parse().unwrap();
         let guest = |node_text: &'static str,
+                     upstream: Option<&'static str>,
                      grant: Grant,
                      read_prefixes: &'static [&'static str],
                      write_prefixes: &'static [&'static str],
                      limits: Limits| {
             let node: NodeId = node_text.parse().unwrap();
+            let upstream: Option<NodeId> = upstream.map(|u| u.parse().unwrap());
             let shared: Arc<dyn ContextStore> = store.clone();
+            let read_run = grant.read_run;
             Guest {
                 store: GuestStore::new(
                     contextstore::store::to_async(shared.clone()),
@@ -513,7 +540,8 @@ impl World {
                     node,
                     grant,
                     limits.clone(),
-                ),
+                )
+                .with_upstreams(upstream),
                 run,
                 node,
                 node_text,
@@ -521,10 +549,14 @@ impl World {
                 write_prefixes,
                 limits,
                 writes: 0,
+                upstream,
+                read_run,
+                reads: 0,
             }
         };
         let a = guest(
             NODES[0],
+            Some(NODES[1]),
             Grant::default(),
             &[],
             &[],
@@ -537,7 +569,9 @@ impl World {
         );
         let b = guest(
             NODES[1],
+            None,
             Grant::default()
+                .read_whole_run()
                 .write_globals("w/")
                 .read_globals("w/")
                 .read_globals("r/"),
@@ -641,6 +675,7 @@ impl World {
             let back = wait(guest.store.get(RUN, caller))
                 .unwrap_or_else(|e| panic!("{call}: reading back: {e}"))
                 .unwrap_or_else(|| panic!("{call}: Ok, but nothing to read back"));
+            guest.count_read(&call);
             let back = parse(&back)
                 .unwrap_or_else(|e| panic!("{call}: read back {back:?}, not JSON: {e}"));
             assert_eq!(back, value, "{call}: read back a different value");
@@ -661,10 +696,12 @@ impl World {
         let guest = &mut self.guests[who as usize];
         match (run, node) {
             (Some(r), Some(_)) if r != guest.run => refusals.push("access-denied"),
+            (Some(_), Some(n)) if !guest.may_read_node(n) => refusals.push("access-denied"),
             (Some(_), Some(_)) => {}
             _ => refusals.push("invalid-id"),
         }
         let result = wait(guest.store.get(&run_text, &node_text));
+        guest.count_read(&call);
         expect(&call, &result, &refusals);
         if let (Ok(text), Some(r), Some(n)) = (&result, run, node) {
             let got = text.as_deref().map(|t| {
@@ -690,6 +727,7 @@ impl World {
             None => refusals.push("invalid-id"),
         }
         let result = wait(guest.store.list_keys(&run_text));
+        guest.count_read(&call);
         expect(&call, &result, &refusals);
         if let (Ok(texts), Some(r)) = (&result, run) {
             let mut got: Vec<NodeId> = texts
@@ -706,7 +744,7 @@ impl World {
             let mut expected: Vec<NodeId> = self
                 .outputs
                 .keys()
-                .filter(|(run, _)| *run == r)
+                .filter(|(run, node)| *run == r && guest.may_read_node(*node))
                 .map(|(_, node)| *node)
                 .collect();
             expected.sort();
@@ -747,7 +785,11 @@ impl World {
                 let back = wait(guest.store.get_global(&key))
                     .unwrap_or_else(|e| panic!("{call}: reading back: {e}"))
                     .unwrap_or_else(|| panic!("{call}: Ok, but nothing to read back"));
-                assert_eq!(back, text, "{call}: the text did not come back byte for byte");
+                guest.count_read(&call);
+                assert_eq!(
+                    back, text,
+                    "{call}: the text did not come back byte for byte"
+                );
                 let back = parse(&back)
                     .unwrap_or_else(|e| panic!("{call}: read back {back:?}, not JSON: {e}"));
                 assert_eq!(back, value, "{call}: read back a different value");
@@ -767,6 +809,7 @@ impl World {
             refusals.push("access-denied");
         }
         let result = wait(guest.store.get_global(&key));
+        guest.count_read(&call);
         expect(&call, &result, &refusals);
         if let Ok(text) = &result {
             let got = text.as_deref().map(|t| {

@@ -15,7 +15,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use contextstore::runtime::RuntimeConfig;
+use contextstore::runtime::{LoadOptions, RuntimeConfig};
 use contextstore::{
     ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, Runtime, SqliteContextStore,
 };
@@ -28,7 +28,8 @@ fn main() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../target/guest/wasm32-wasip2/release/hostile.wasm");
     let runtime = Runtime::with_config(RuntimeConfig::without_cache()).expect("runtime");
-    let Ok(component) = runtime.load_file(&path) else {
+    // Both variants compiled at load, outside every invocation's time.
+    let Ok(component) = runtime.load_file_with(&path, LoadOptions::metered()) else {
         eprintln!("{} is missing: run scripts/build-guests", path.display());
         return;
     };

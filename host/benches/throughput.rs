@@ -299,6 +299,7 @@ fn runtime(pool: Option<PoolConfig>) -> Runtime {
     Runtime::with_config(RuntimeConfig {
         cache_dir: None,
         pool,
+        ..RuntimeConfig::default()
     })
     .expect("runtime")
 }
@@ -340,7 +341,8 @@ fn guest_get_cost(
     run: FlowRunId,
     node: NodeId,
 ) -> Duration {
-    let (grant, limits) = (Grant::default(), Limits::default());
+    // `node` is no upstream of the getting step: its reads need the whole run.
+    let (grant, limits) = (Grant::default().read_whole_run(), Limits::default());
     let best = |gets: u32| {
         (0..7)
             .map(|_| {

@@ -6,12 +6,17 @@ pub const RESERVED_PREFIX: &str = "contextstore.";
 
 /// The capabilities of one invocation.
 ///
-/// Always granted: reading the outputs of the invocation's own flow run
-/// (`get`, `list-keys`) and writing the invocation's own node output
+/// Always granted: reading the invocation's own node output and the
+/// outputs of its declared upstreams (the nodes its
+/// [`Invocation`](crate::Invocation) names, see
+/// [`Invocation::with_upstream`](crate::Invocation::with_upstream)) with
+/// `get` and `list-keys`, and writing the invocation's own node output
 /// (`put` of its own `(flow-run-id, node-id)`). Everything else is denied
-/// unless listed here: other runs and other nodes can never be written, and
-/// globals are reachable only under the key prefixes below. A denied call
-/// returns `access-denied` to the guest and changes nothing.
+/// unless granted here: reading the other nodes of the run only with
+/// [`read_run`](Self::read_run); other runs can never be read, other runs
+/// and other nodes never written, and globals are reachable only under the
+/// key prefixes below. A denied call returns `access-denied` to the guest
+/// and changes nothing.
 ///
 /// ```
 /// use contextstore::Grant;
@@ -23,6 +28,8 @@ pub const RESERVED_PREFIX: &str = "contextstore.";
 /// assert!(!grant.may_read_global("secrets/token"));
 /// assert!(grant.may_write_global("cache/step-a/page-1"));
 /// assert!(!grant.may_write_global("config/region"));
+/// assert!(!grant.read_run);
+/// assert!(Grant::default().read_whole_run().read_run);
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Grant {
@@ -31,6 +38,10 @@ pub struct Grant {
     /// Key prefixes under which globals may be written (`put-global`,
     /// `upsert-global`). Writing does not imply reading.
     pub global_write: Vec<String>,
+    /// Whether reads (`get`, `list-keys`) reach every node of the
+    /// invocation's own flow run, not only its own node and its declared
+    /// upstreams. Off by default; other runs stay out of reach either way.
+    pub read_run: bool,
 }
 
 impl Grant {
@@ -43,6 +54,13 @@ impl Grant {
     /// Allows writing globals whose key starts with `prefix` (`""` allows all).
     pub fn write_globals(mut self, prefix: impl Into<String>) -> Self {
         self.global_write.push(prefix.into());
+        self
+    }
+
+    /// Widens reads (`get`, `list-keys`) to every node of the invocation's
+    /// own flow run ([`read_run`](Self::read_run)).
+    pub fn read_whole_run(mut self) -> Self {
+        self.read_run = true;
         self
     }
 

@@ -7,7 +7,7 @@
 //! The type knows nothing of wasmtime, so that it can be tested and fuzzed
 //! on its own.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
@@ -88,6 +88,13 @@ pub struct GuestStore {
     grant: Grant,
     limits: Limits,
     writes: u32,
+    /// Read calls made so far, refused ones included.
+    reads: u32,
+    /// Bytes handed to the guest by its reads so far.
+    read_bytes: u64,
+    /// The invocation's declared upstreams: the nodes besides its own that
+    /// it may read without [`Grant::read_run`].
+    upstreams: HashSet<NodeId>,
     lost_race: bool,
     /// Whether a write was refused because the invocation's claim is no
     /// longer current.
@@ -198,6 +205,9 @@ impl GuestStore {
             grant,
             limits,
             writes: 0,
+            reads: 0,
+            read_bytes: 0,
+            upstreams: HashSet::new(),
             lost_race: false,
             fenced: false,
             timed_out: false,
@@ -206,6 +216,14 @@ impl GuestStore {
             known: Arc::default(),
             slots: None,
         }
+    }
+
+    /// The invocation's declared upstreams: besides its own node, the nodes
+    /// it may read (`get`, `list-keys`) when its grant does not widen reads
+    /// to the whole run ([`Grant::read_run`]).
+    pub fn with_upstreams(mut self, upstreams: impl IntoIterator<Item = NodeId>) -> Self {
+        self.upstreams = upstreams.into_iter().collect();
+        self
     }
 
     /// Answers `get`s of these outputs of the invocation's run without a
@@ -269,6 +287,22 @@ impl GuestStore {
     /// How many write calls the guest has made so far.
     pub fn writes(&self) -> u32 {
         self.writes
+    }
+
+    /// How many read calls the guest has made so far, refused ones included.
+    pub fn reads(&self) -> u32 {
+        self.reads
+    }
+
+    /// How many bytes the guest's reads have handed it so far.
+    pub fn read_bytes(&self) -> u64 {
+        self.read_bytes
+    }
+
+    /// Whether the invocation may read `node` of its own run: its own node,
+    /// a declared upstream, or any node under [`Grant::read_run`].
+    pub fn may_read_node(&self, node: NodeId) -> bool {
+        self.grant.read_run || node == self.node_id || self.upstreams.contains(&node)
     }
 
     /// `put`: only the invocation's own output may be written.
@@ -350,23 +384,44 @@ impl GuestStore {
         self.lost_race
     }
 
-    /// `get`: any output of the invocation's own run.
+    /// `get`: the invocation's own output, or a declared upstream's (any
+    /// node of its own run under [`Grant::read_run`]).
     pub async fn get(&mut self, flow_run_id: &str, node_id: &str) -> GuestResult<Option<String>> {
+        self.count_read()?;
         let (run, node) = (parse_run(flow_run_id)?, parse_node(node_id)?);
         self.check_own_run(run, "get")?;
-        if let Some(known) = self.known.get(&node) {
-            return Ok(Some(known.as_str().to_owned()));
+        if !self.may_read_node(node) {
+            return Err(GuestStoreError::AccessDenied(format!(
+                "get: node {node} is not an upstream of this step; \
+                 its grant does not widen reads to the whole run"
+            )));
+        }
+        if let Some(known) = self.known.get(&node).map(|t| t.as_str().to_owned()) {
+            self.count_read_bytes(known.len())?;
+            return Ok(Some(known));
         }
         let read = self.store.get(&self.cx, run, node).await;
-        Ok(self.note(read)?.map(JsonText::into_string))
+        let text = self.note(read)?.map(JsonText::into_string);
+        self.count_read_bytes(text.as_ref().map_or(0, String::len))?;
+        Ok(text)
     }
 
-    /// `list-keys`: the nodes of the invocation's own run.
+    /// `list-keys`: the nodes of the invocation's own run that have an
+    /// output and that it may read (its own and its declared upstreams';
+    /// every one under [`Grant::read_run`]).
     pub async fn list_keys(&mut self, flow_run_id: &str) -> GuestResult<Vec<String>> {
+        self.count_read()?;
         let run = parse_run(flow_run_id)?;
         self.check_own_run(run, "list-keys")?;
         let read = self.store.list_keys(&self.cx, run).await;
-        Ok(self.note(read)?.iter().map(NodeId::to_string).collect())
+        let keys: Vec<String> = self
+            .note(read)?
+            .into_iter()
+            .filter(|node| self.may_read_node(*node))
+            .map(|node| node.to_string())
+            .collect();
+        self.count_read_bytes(keys.iter().map(String::len).sum())?;
+        Ok(keys)
     }
 
     /// `put-global`: write-once, under a granted write prefix.
@@ -401,6 +456,7 @@ impl GuestStore {
 
     /// `get-global`: under a granted read prefix.
     pub async fn get_global(&mut self, key: &str) -> GuestResult<Option<String>> {
+        self.count_read()?;
         self.check_key(key)?;
         if !self.grant.may_read_global(key) {
             return Err(GuestStoreError::AccessDenied(format!(
@@ -409,7 +465,48 @@ impl GuestStore {
             )));
         }
         let read = self.store.get_global(&self.cx, key).await;
-        Ok(self.note(read)?.map(JsonText::into_string))
+        let text = self.note(read)?.map(JsonText::into_string);
+        self.count_read_bytes(text.as_ref().map_or(0, String::len))?;
+        Ok(text)
+    }
+
+    /// Counts one read call, refusing it past [`Limits::max_reads`] (or once
+    /// the read bytes are used up).
+    fn count_read(&mut self) -> GuestResult<()> {
+        if self.reads >= self.limits.max_reads {
+            return Err(GuestStoreError::QuotaExceeded(format!(
+                "this invocation may make at most {} reads",
+                self.limits.max_reads
+            )));
+        }
+        self.reads += 1;
+        if self.read_bytes >= self.limits.max_read_bytes {
+            return Err(self.read_bytes_exceeded());
+        }
+        Ok(())
+    }
+
+    /// Counts `bytes` handed to the guest by a read, refusing the read (its
+    /// text not handed over) if they pass [`Limits::max_read_bytes`].
+    fn count_read_bytes(&mut self, bytes: usize) -> GuestResult<()> {
+        let total = self
+            .read_bytes
+            .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        if total > self.limits.max_read_bytes {
+            // What was refused counts too: a guest cannot retry its way
+            // past the limit.
+            self.read_bytes = total;
+            return Err(self.read_bytes_exceeded());
+        }
+        self.read_bytes = total;
+        Ok(())
+    }
+
+    fn read_bytes_exceeded(&self) -> GuestStoreError {
+        GuestStoreError::QuotaExceeded(format!(
+            "this invocation may read at most {} bytes",
+            self.limits.max_read_bytes
+        ))
     }
 
     fn count_write(&mut self) -> GuestResult<()> {
@@ -666,5 +763,141 @@ mod tests {
             Some(serde_json::json!([[1]]))
         );
         assert_eq!(store.get_global("k").unwrap(), None);
+    }
+
+    #[test]
+    fn reads_reach_only_the_own_node_and_upstreams_unless_widened() {
+        let store: Arc<dyn ContextStore> = Arc::new(SqliteContextStore::in_memory().unwrap());
+        let (run, me, up, other) = (
+            FlowRunId::new(),
+            NodeId::new(),
+            NodeId::new(),
+            NodeId::new(),
+        );
+        store.put(run, up, &serde_json::json!("up")).unwrap();
+        store.put(run, other, &serde_json::json!("other")).unwrap();
+        let view = |grant: Grant| {
+            GuestStore::new(
+                crate::store::to_async(store.clone()),
+                CallContext::none(),
+                run,
+                me,
+                grant,
+                Limits::default(),
+            )
+            .with_upstreams([up])
+        };
+        let r = run.to_string();
+        let mut g = view(Grant::default());
+        assert_eq!(
+            wait(g.get(&r, &up.to_string())).unwrap().as_deref(),
+            Some("\"up\"")
+        );
+        let err = wait(g.get(&r, &other.to_string())).unwrap_err();
+        assert_eq!(err.kind(), "access-denied");
+        assert!(
+            err.to_string().contains(&format!(
+                "node {other} is not an upstream of this step; its grant does not widen reads to the whole run"
+            )),
+            "{err}"
+        );
+        assert_eq!(wait(g.get(&r, &me.to_string())).unwrap(), None);
+        assert_eq!(wait(g.list_keys(&r)).unwrap(), vec![up.to_string()]);
+        wait(g.put(&r, &me.to_string(), "1")).unwrap();
+        let mut listed = wait(g.list_keys(&r)).unwrap();
+        listed.sort();
+        let mut expected = vec![up.to_string(), me.to_string()];
+        expected.sort();
+        assert_eq!(listed, expected);
+        assert_eq!(g.reads(), 5, "the refused get counts too");
+
+        let mut wide = view(Grant::default().read_whole_run());
+        assert_eq!(
+            wait(wide.get(&r, &other.to_string())).unwrap().as_deref(),
+            Some("\"other\"")
+        );
+        assert_eq!(wait(wide.list_keys(&r)).unwrap().len(), 3);
+        assert_eq!(
+            wait(wide.get(&FlowRunId::new().to_string(), &other.to_string()))
+                .unwrap_err()
+                .kind(),
+            "access-denied",
+            "the widening stops at the run"
+        );
+    }
+
+    #[test]
+    fn known_outputs_of_other_nodes_are_not_handed_out() {
+        let (g, _, run, _) = guest(Grant::default(), Limits::default());
+        let other = NodeId::new();
+        let known = HashMap::from([(other, JsonText::from_stored("7".into()))]);
+        let mut g = g.with_known_outputs(Arc::new(known));
+        assert_eq!(
+            wait(g.get(&run.to_string(), &other.to_string()))
+                .unwrap_err()
+                .kind(),
+            "access-denied"
+        );
+    }
+
+    #[test]
+    fn reads_are_counted_refused_ones_included() {
+        let limits = Limits {
+            max_reads: 3,
+            ..Limits::default()
+        };
+        let (mut g, _, run, node) = guest(Grant::default().read_globals("g/"), limits);
+        let (r, n) = (run.to_string(), node.to_string());
+        assert_eq!(
+            wait(g.get(&r, &NodeId::new().to_string()))
+                .unwrap_err()
+                .kind(),
+            "access-denied"
+        );
+        assert_eq!(
+            wait(g.get_global("secret")).unwrap_err().kind(),
+            "access-denied"
+        );
+        assert_eq!(wait(g.list_keys(&r)).unwrap(), Vec::<String>::new());
+        for refused in [
+            wait(g.get(&r, &n)).map(|_| ()),
+            wait(g.get_global("g/x")).map(|_| ()),
+            wait(g.list_keys(&r)).map(|_| ()),
+            wait(g.get("not an id", &n)).map(|_| ()),
+        ] {
+            let err = refused.unwrap_err();
+            assert_eq!(err.kind(), "quota-exceeded", "{err}");
+            assert!(err.to_string().contains("at most 3 reads"), "{err}");
+        }
+    }
+
+    #[test]
+    fn read_bytes_are_bounded() {
+        let limits = Limits {
+            max_read_bytes: 10,
+            ..Limits::default()
+        };
+        let (mut g, store, run, node) = guest(Grant::default().read_globals(""), limits);
+        store
+            .put_global("small", &serde_json::json!("abc"))
+            .unwrap();
+        store
+            .put_global("big", &serde_json::json!("0123456789"))
+            .unwrap();
+        let (r, n) = (run.to_string(), node.to_string());
+        assert_eq!(
+            wait(g.get_global("small")).unwrap().as_deref(),
+            Some("\"abc\"")
+        );
+        assert_eq!(g.read_bytes(), 5);
+        let err = wait(g.get_global("big")).unwrap_err();
+        assert_eq!(err.kind(), "quota-exceeded");
+        assert!(err.to_string().contains("at most 10 bytes"), "{err}");
+        assert_eq!(
+            wait(g.get_global("small")).unwrap_err().kind(),
+            "quota-exceeded",
+            "the budget is used up once a read was refused for it"
+        );
+        assert_eq!(wait(g.get(&r, &n)).unwrap_err().kind(), "quota-exceeded");
     }
 }

@@ -533,3 +533,30 @@ fn log_lines_off_a_terminal_have_no_colour_codes() {
         "no escape sequences: {stderr:?}"
     );
 }
+
+/// `run --read-run` widens the step's reads to the whole run; without it,
+/// a node that is not an upstream is refused.
+#[test]
+fn read_run_widens_reads_to_the_whole_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = dir.path().join("reads.db");
+    let db = db.to_str().unwrap();
+    assert!(run_step(components::GREET, db, GREET, &[]).status.success());
+    let params = format!(r#"{{"mode":"read-other-node","target":"{GREET}"}}"#);
+    let refused = run_step(components::HOSTILE, db, SHOUT, &["--params", &params]);
+    assert_eq!(refused.status.code(), Some(2));
+    let stderr = text(&refused.stderr);
+    assert!(
+        stderr.contains(&format!("node {GREET} is not an upstream of this step")),
+        "{stderr}"
+    );
+    let wide = run_step(
+        components::HOSTILE,
+        db,
+        SHOUT,
+        &["--params", &params, "--read-run"],
+    );
+    assert!(wide.status.success(), "{}", text(&wide.stderr));
+    let out: serde_json::Value = serde_json::from_slice(&wide.stdout).unwrap();
+    assert!(out["read"]["greeting"].is_string(), "{out}");
+}

@@ -1,7 +1,7 @@
 //! The tiny flow of the example steps, as a flow engine would run it.
 
-use contextstore::{FlowRunId, Invocation, NodeId, StepError, StepStatus};
-use contextstore_tests::{components, load, run_default, temp_store};
+use contextstore::{FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepStatus};
+use contextstore_tests::{components, load, run_default, runtime, temp_store};
 use serde_json::json;
 
 // Every guest component must have a test in this crate: a missing one is a
@@ -38,14 +38,31 @@ fn bench_puts_or_gets_in_a_loop() {
 
     let stored = store.get_text(run, put_id).unwrap().unwrap();
     let gets = Invocation::new(run, get_id).with_params(json!({"gets": 5, "node": put_id}));
-    let out = run_default(&bench, &store, &gets).unwrap();
+    // The node it gets is no upstream of it: reads need the whole run.
+    let refused = run_default(&bench, &store, &gets).unwrap_err();
+    assert!(
+        refused
+            .to_string()
+            .contains("is not an upstream of this step"),
+        "{refused}"
+    );
+    let read_run = |invocation: &Invocation| {
+        runtime().run(
+            &bench,
+            &store,
+            invocation,
+            &Grant::default().read_whole_run(),
+            &Limits::default(),
+        )
+    };
+    let out = read_run(&gets).unwrap();
     assert_eq!(
         out.value().unwrap(),
         json!({"gets": 5, "found": 5, "bytes": 5 * stored.as_str().len()})
     );
 
     let none = Invocation::new(run, NodeId::new()).with_params(json!({"gets": 3, "node": missing}));
-    let out = run_default(&bench, &store, &none).unwrap();
+    let out = read_run(&none).unwrap();
     assert_eq!(
         out.value().unwrap(),
         json!({"gets": 3, "found": 0, "bytes": 0})

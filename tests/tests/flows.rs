@@ -708,3 +708,96 @@ fn trap_after_put_from_the_command_line_exits_0_with_a_warning() {
         "{words}"
     );
 }
+
+/// A flow's `grant.read_run` widens a node's reads to the whole run (the
+/// flow's default, overridden per node), and a node's fuel budget runs
+/// the fuel-metered variant, compiled when the flow is loaded.
+#[test]
+fn flow_files_grant_whole_run_reads_and_fuel() {
+    let (dir, store) = temp_store();
+    let greet = flow::node_id("diamond", "greet");
+    let extra = format!(
+        r#"[grant]
+read_run = true
+[nodes.peek]
+component = "{hostile}"
+upstream = ["shout"]
+params = {{ mode = "read-other-node", target = "{greet}" }}
+grant = {{ read_run = false }}
+[nodes.peek_wide]
+component = "{hostile}"
+upstream = ["shout"]
+params = {{ mode = "read-other-node", target = "{greet}" }}
+[nodes.counted]
+component = "{hostile}"
+params = {{ mode = "count", n = 1000 }}
+limits = {{ fuel = 100000000, max_reads = 5, max_read_bytes = 1000, max_resources = 50 }}
+[nodes.starved]
+component = "{hostile}"
+params = {{ mode = "count", n = 100000000 }}
+limits = {{ fuel = 100000 }}
+"#,
+        hostile = components::HOSTILE,
+    );
+    let flow = flow::load(&write_flow(dir.path(), &diamond(&extra))).unwrap();
+    let peek = &flow.nodes[flow.index_of("peek").unwrap()];
+    assert!(!peek.grant.read_run);
+    assert!(
+        flow.nodes[flow.index_of("peek_wide").unwrap()]
+            .grant
+            .read_run
+    );
+    let counted = &flow.nodes[flow.index_of("counted").unwrap()].limits;
+    assert_eq!(
+        (
+            counted.max_reads,
+            counted.max_read_bytes,
+            counted.max_resources
+        ),
+        (5, 1000, 50)
+    );
+    let run = FlowRunId::new();
+    let options = RunOptions {
+        jobs: 2,
+        lease: flow::LeaseOptions::default(),
+        on_event: &quiet,
+    };
+    let report = flow::run(runtime(), &store, &flow, run, &options).unwrap();
+    let result = |name: &str| {
+        &report
+            .results
+            .iter()
+            .find(|(n, _)| n == name)
+            .unwrap_or_else(|| panic!("{name} has a result"))
+            .1
+    };
+    match result("peek") {
+        NodeResult::Failed(error) => assert!(
+            error
+                .to_string()
+                .contains(&format!("node {greet} is not an upstream of this step")),
+            "{error}"
+        ),
+        other => panic!("peek read outside its upstreams: {other:?}"),
+    }
+    assert!(matches!(result("peek_wide"), NodeResult::Done { .. }));
+    assert_eq!(
+        store
+            .get(run, flow::node_id("diamond", "peek_wide"))
+            .unwrap(),
+        Some(json!({"read": {"greeting": "Hello, Ada!"}}))
+    );
+    assert!(
+        matches!(result("counted"), NodeResult::Done { .. }),
+        "{:?}",
+        result("counted")
+    );
+    assert!(
+        matches!(
+            result("starved"),
+            NodeResult::Failed(contextstore::StepError::OutOfFuel(100_000))
+        ),
+        "{:?}",
+        result("starved")
+    );
+}

@@ -6,9 +6,10 @@ use std::time::{Duration, Instant};
 
 use contextstore::flow::journal;
 use contextstore::guest_store::GuestStoreError;
-use contextstore::runtime::{GuestFailure, LoadError};
+use contextstore::runtime::{GuestFailure, LoadError, LoadOptions, RuntimeConfig};
 use contextstore::{
-    ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, StepError, StepOutcome, StepStatus,
+    ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, Runtime, StepError, StepOutcome,
+    StepStatus,
 };
 use contextstore_tests::{components, load, run_default, runtime, temp_store};
 use serde_json::{Value, json};
@@ -42,6 +43,10 @@ const TESTED_MODES: &[&str] = &[
     "deep-json",
     "round-trip",
     "count",
+    "read-other-node",
+    "list-keys",
+    "read-loop",
+    "many-resources",
 ];
 
 struct Case {
@@ -61,14 +66,16 @@ fn case(params: Value) -> Case {
 }
 
 impl Case {
+    /// Runs the case; with a fuel budget, its fuel-metered variant is
+    /// compiled first (as an embedder must, outside the deadline).
     fn run(&self, grant: &Grant, limits: &Limits) -> Result<StepOutcome, StepError> {
-        runtime().run(
-            &load(components::HOSTILE),
-            &self.store,
-            &self.invocation,
-            grant,
-            limits,
-        )
+        let hostile = load(components::HOSTILE);
+        if limits.fuel.is_some() {
+            runtime()
+                .prepare_metered(&hostile)
+                .expect("metered variant");
+        }
+        runtime().run(&hostile, &self.store, &self.invocation, grant, limits)
     }
 
     fn run_default(&self) -> Result<StepOutcome, StepError> {
@@ -820,4 +827,256 @@ fn a_deep_value_through_the_rust_api_is_an_error() {
         .expect("thread starts")
         .join()
         .expect("no overflow, no panic");
+}
+
+#[test]
+fn read_other_node_needs_the_whole_run() {
+    let target = NodeId::new();
+    let case = case(json!({"mode": "read-other-node", "target": target.to_string()}));
+    let run = case.invocation.flow_run_id;
+    case.store.put(run, target, &json!("not yours")).unwrap();
+    let err = store_error(case.run_default());
+    assert_eq!(err.kind(), "access-denied", "{err}");
+    assert!(
+        err.to_string().contains(&format!(
+            "node {target} is not an upstream of this step; its grant does not widen reads to the whole run"
+        )),
+        "{err}"
+    );
+    assert_eq!(case.own_output(), None);
+
+    // As an upstream it may be read; so may any node with the widening.
+    let mut upstream = case.invocation.clone();
+    upstream.upstream = vec![("t".into(), target)];
+    let out = run_default(&load(components::HOSTILE), &case.store, &upstream).unwrap();
+    assert_eq!(out.value().unwrap(), json!({"read": "not yours"}));
+    let wide = self::case(json!({"mode": "read-other-node", "target": target.to_string()}));
+    wide.store
+        .put(wide.invocation.flow_run_id, target, &json!(1))
+        .unwrap();
+    let out = wide
+        .run(&Grant::default().read_whole_run(), &Limits::default())
+        .unwrap();
+    assert_eq!(out.value().unwrap(), json!({"read": 1}));
+}
+
+#[test]
+fn list_keys_lists_only_readable_nodes() {
+    let case = case(json!({"mode": "list-keys"}));
+    let run = case.invocation.flow_run_id;
+    let (up, other, missing) = (NodeId::new(), NodeId::new(), NodeId::new());
+    case.store.put(run, up, &json!("up")).unwrap();
+    case.store.put(run, other, &json!("other")).unwrap();
+    let mut invocation = case.invocation.clone();
+    invocation.upstream = vec![("up".into(), up), ("missing".into(), missing)];
+    let out = run_default(&load(components::HOSTILE), &case.store, &invocation).unwrap();
+    assert_eq!(
+        out.value().unwrap(),
+        json!({"keys": [up.to_string()]}),
+        "its own upstream with an output, not the other node, not one without"
+    );
+
+    let wide = self::case(json!({"mode": "list-keys"}));
+    let run = wide.invocation.flow_run_id;
+    wide.store.put(run, up, &json!("up")).unwrap();
+    wide.store.put(run, other, &json!("other")).unwrap();
+    let out = wide
+        .run(&Grant::default().read_whole_run(), &Limits::default())
+        .unwrap();
+    let mut keys = vec![up.to_string(), other.to_string()];
+    keys.sort();
+    assert_eq!(out.value().unwrap(), json!({ "keys": keys }));
+}
+
+#[test]
+fn read_loop_is_refused_after_max_reads() {
+    // Without the limit, the loop would run to its deadline.
+    let case = case(json!({"mode": "read-loop"}));
+    let started = Instant::now();
+    let err = store_error(case.run_default());
+    assert_eq!(err.kind(), "quota-exceeded", "{err}");
+    assert!(err.to_string().contains("at most 10000 reads"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(case.own_output(), None);
+
+    // Exactly the limit is allowed (the put comes after the 10 gets).
+    let within = self::case(json!({"mode": "read-loop", "n": 10}));
+    let limits = Limits {
+        max_reads: 10,
+        ..Limits::default()
+    };
+    let out = within.run(&Grant::default(), &limits).unwrap();
+    assert_eq!(out.value().unwrap(), json!({"reads": 10}));
+    case.assert_still_usable();
+}
+
+#[test]
+fn read_loop_is_refused_after_max_read_bytes() {
+    // A 1 MiB upstream read again and again: 256 reads fit in 256 MiB.
+    let case = case(json!({"mode": "read-loop"}));
+    let run = case.invocation.flow_run_id;
+    let up = NodeId::new();
+    let big = "x".repeat((1 << 20) - 2);
+    case.store.put(run, up, &json!(big)).unwrap();
+    let mut invocation = case
+        .invocation
+        .clone()
+        .with_params(json!({"mode": "read-loop", "n": 1000, "target": up.to_string()}));
+    invocation.upstream = vec![("up".into(), up)];
+    let err = store_error(run_default(
+        &load(components::HOSTILE),
+        &case.store,
+        &invocation,
+    ));
+    assert_eq!(err.kind(), "quota-exceeded", "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("at most {} bytes", 256 << 20)),
+        "{err}"
+    );
+    // Fewer reads fit.
+    let invocation =
+        invocation.with_params(json!({"mode": "read-loop", "n": 256, "target": up.to_string()}));
+    let out = run_default(&load(components::HOSTILE), &case.store, &invocation).unwrap();
+    assert_eq!(out.value().unwrap(), json!({"reads": 256}));
+}
+
+#[test]
+fn many_resources_stop_at_max_resources() {
+    let case = case(json!({"mode": "many-resources"}));
+    let started = Instant::now();
+    let err = case.run_default().unwrap_err();
+    assert!(
+        matches!(err, StepError::TooManyResources { limit: 10_000 }),
+        "{err:?}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        started.elapsed()
+    );
+    assert!(err.to_string().contains("too many resources"), "{err}");
+    assert_eq!(case.own_output(), None);
+
+    // Under a lower limit, fewer: 1,000 handles are fine by default (and
+    // by wasmtime's own limits), not under a limit of 100.
+    let few = self::case(json!({"mode": "many-resources", "n": 1000}));
+    assert_eq!(
+        few.run_default().unwrap().value().unwrap(),
+        json!({"resources": 1000})
+    );
+    let few = self::case(json!({"mode": "many-resources", "n": 1000}));
+    let limits = Limits {
+        max_resources: 100,
+        ..Limits::default()
+    };
+    let err = few.run(&Grant::default(), &limits).unwrap_err();
+    assert!(
+        matches!(err, StepError::TooManyResources { limit: 100 }),
+        "{err:?}"
+    );
+    case.assert_still_usable();
+}
+
+#[test]
+fn a_too_large_component_file_is_refused_unread() {
+    let dir = tempfile::tempdir().unwrap();
+    // Sparse: 64 GiB by its metadata, no blocks on disk. Read whole, it
+    // would not fit this machine's memory.
+    let path = dir.path().join("huge.wasm");
+    std::fs::File::create(&path)
+        .unwrap()
+        .set_len(64 << 30)
+        .unwrap();
+    let started = Instant::now();
+    let err = runtime().load_file(&path).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            LoadError::TooLarge {
+                bytes,
+                limit,
+                ..
+            } if bytes == 64 << 30 && limit == 64 << 20
+        ),
+        "{err:?}"
+    );
+    assert!(err.to_string().contains("huge.wasm is too large"), "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "{:?}",
+        started.elapsed()
+    );
+
+    // The same limit for bytes, and a lower one from the configuration.
+    let small = Runtime::with_config(RuntimeConfig {
+        max_component_bytes: 1000,
+        ..RuntimeConfig::without_cache()
+    })
+    .unwrap();
+    let hostile = std::fs::read(components::HOSTILE).unwrap();
+    let err = small.load_bytes("hostile", &hostile).unwrap_err();
+    assert!(
+        matches!(err, LoadError::TooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
+    let err = small.load_file(components::HOSTILE).unwrap_err();
+    assert!(
+        matches!(err, LoadError::TooLarge { limit: 1000, .. }),
+        "{err:?}"
+    );
+    assert_eq!(small.compilations(), 0);
+}
+
+#[test]
+fn a_fuel_budget_needs_the_metered_variant_compiled_at_load() {
+    // A runtime of its own: the shared one may have compiled it already.
+    let rt = Runtime::new().unwrap();
+    let (_dir, store) = temp_store();
+    let hostile = rt.load_file(components::HOSTILE).unwrap();
+    let compiled = rt.compilations();
+    assert!(!rt.is_metered(&hostile));
+    let limits = Limits {
+        fuel: Some(5_000_000),
+        ..Limits::default()
+    };
+    let invocation =
+        Invocation::new(FlowRunId::new(), NodeId::new()).with_params(json!({"mode": "loop"}));
+    let started = Instant::now();
+    let err = rt
+        .run(&hostile, &store, &invocation, &Grant::default(), &limits)
+        .unwrap_err();
+    assert!(
+        matches!(&err, StepError::NotMetered { component } if component == "hostile.wasm"),
+        "{err:?}"
+    );
+    assert!(
+        err.to_string().contains("LoadOptions { fuel: true }"),
+        "{err}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        rt.compilations(),
+        compiled,
+        "nothing compiled inside the invocation"
+    );
+
+    let metered = rt
+        .load_file_with(components::HOSTILE, LoadOptions { fuel: true })
+        .unwrap();
+    assert!(rt.is_metered(&metered) && rt.is_metered(&hostile));
+    assert_eq!(rt.compilations(), compiled + 1);
+    let err = rt
+        .run(&hostile, &store, &invocation, &Grant::default(), &limits)
+        .unwrap_err();
+    assert!(matches!(err, StepError::OutOfFuel(5_000_000)), "{err:?}");
+    assert_eq!(rt.compilations(), compiled + 1);
 }

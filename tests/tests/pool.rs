@@ -13,6 +13,7 @@ fn runtime_with(pool: PoolConfig) -> Runtime {
     Runtime::with_config(RuntimeConfig {
         cache_dir: None,
         pool: Some(pool),
+        ..RuntimeConfig::default()
     })
     .unwrap()
 }

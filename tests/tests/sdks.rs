@@ -36,6 +36,7 @@ fn run_mode(
     let grant = Grant {
         global_read: vec!["sdk/".into()],
         global_write: vec!["sdk/".into()],
+        ..Grant::default()
     };
     let component = load(&language_component("c-sdk-test.wasm"));
     let result = runtime().run(&component, &store, &invocation, &grant, &Limits::default());

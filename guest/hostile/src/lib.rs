@@ -54,6 +54,15 @@ use serde_json::{Map, Value, json};
 ///   as text and fails unless they are byte for byte what it wrote.
 /// - `count`: counts to `n` (default 1,000) in a CPU-bound loop, then writes
 ///   `{"count": n}` (a fixed amount of guest work, for the fuel benchmark).
+/// - `read-other-node`: `get` of node `target` in its own run; writes
+///   `{"read": <its output>}` if the get is allowed.
+/// - `list-keys`: writes `{"keys": [<list-keys of its own run>, sorted]}`.
+/// - `read-loop`: raw `get` of node `target` (default: its own node) in its
+///   own run, `n` times (default: until one fails), stopping at the first
+///   error; writes `{"reads": n}` if none fails.
+/// - `many-resources`: asks WASI for its stderr stream `n` times (default:
+///   without end), keeping every handle (each one a host resource-table
+///   entry); writes `{"resources": n}` if that ends.
 pub const MODES: &[&str] = &[
     "loop",
     "memory-hog",
@@ -82,6 +91,10 @@ pub const MODES: &[&str] = &[
     "deep-json",
     "round-trip",
     "count",
+    "read-other-node",
+    "list-keys",
+    "read-loop",
+    "many-resources",
 ];
 
 /// The step's params: `mode` plus the optional fields some modes use.
@@ -96,7 +109,8 @@ struct Params {
     depth: Option<usize>,
     /// The raw JSON text for `round-trip`.
     text: Option<String>,
-    /// How far `count` counts.
+    /// How far `count` counts; how many calls `read-loop` and
+    /// `many-resources` make.
     n: Option<u64>,
     /// The value for `echo`.
     #[serde(default)]
@@ -148,6 +162,10 @@ fn mode(name: &str) -> Option<Mode> {
         "deep-json" => deep_json,
         "round-trip" => round_trip,
         "count" => count,
+        "read-other-node" => read_other_node,
+        "list-keys" => list_keys,
+        "read-loop" => read_loop,
+        "many-resources" => many_resources,
         _ => return None,
     })
 }
@@ -334,6 +352,36 @@ fn count(ctx: &Context, p: &Params) -> Result<(), StepError> {
         i += 1;
     }
     Ok(ctx.output(&json!({ "count": i }))?)
+}
+
+fn read_other_node(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let value: Option<Value> = store::get(ctx.flow_run_id(), p.target()?)?;
+    Ok(ctx.output(&json!({ "read": value }))?)
+}
+
+fn list_keys(ctx: &Context, _: &Params) -> Result<(), StepError> {
+    let mut keys = store::list_keys(ctx.flow_run_id())?;
+    keys.sort();
+    Ok(ctx.output(&json!({ "keys": keys }))?)
+}
+
+fn read_loop(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let node = p.target.as_deref().unwrap_or(ctx.node_id());
+    let n = p.n.unwrap_or(u64::MAX);
+    for _ in 0..n {
+        // The raw call: the value is never parsed, only handed over.
+        std::hint::black_box(store::get_raw(ctx.flow_run_id(), node)?);
+    }
+    Ok(ctx.output(&json!({ "reads": n }))?)
+}
+
+fn many_resources(ctx: &Context, p: &Params) -> Result<(), StepError> {
+    let n = p.n.unwrap_or(u64::MAX);
+    for _ in 0..n {
+        // Never dropped: the handle (and the host's table entry) stays live.
+        std::mem::forget(wasip2::cli::stderr::get_stderr());
+    }
+    Ok(ctx.output(&json!({ "resources": n }))?)
 }
 
 /// The `hostile` step: runs the mode its params ask for.

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use contextstore::json::{JsonText, MAX_DEPTH};
+use contextstore::runtime::LoadOptions;
 use contextstore::store::recording::RecordingStore;
 use contextstore::{
     ContextStore, FlowRunId, Grant, Invocation, Limits, NodeId, SqliteContextStore,
@@ -58,13 +59,18 @@ pub struct RunArgs {
     /// Allow writing globals under this key prefix; repeatable.
     #[arg(long, value_name = "PREFIX")]
     global_write: Vec<String>,
+    /// Allow reading every node of the flow run (`get`, `list-keys`), not
+    /// only the step's own node and its upstreams.
+    #[arg(long)]
+    read_run: bool,
     /// Wall-clock limit in seconds (default 10).
     #[arg(long, value_name = "SECS")]
     timeout: Option<f64>,
     /// Linear memory limit in bytes (default 128 MiB).
     #[arg(long, value_name = "BYTES")]
     memory: Option<usize>,
-    /// Fuel budget (default: none).
+    /// Fuel budget (default: none); the component's fuel-metered variant
+    /// is compiled at load.
     #[arg(long, value_name = "N")]
     fuel: Option<u64>,
 }
@@ -84,6 +90,7 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     let grant = Grant {
         global_read: args.global_read,
         global_write: args.global_write,
+        read_run: args.read_run,
     };
     let persistent = args.db.is_some();
     let flow_run_id = args.flow_run.unwrap_or_else(|| {
@@ -146,7 +153,10 @@ pub fn run(args: RunArgs) -> anyhow::Result<Outcome> {
     };
 
     let runtime = args.runtime.start()?;
-    let component = runtime.load_file(&args.component)?;
+    let options = LoadOptions {
+        fuel: limits.fuel.is_some(),
+    };
+    let component = runtime.load_file_with(&args.component, options)?;
     let outcome = runtime.run(&component, &store, &invocation, &grant, &limits)?;
     // The output is stored, so the node is done; a failure after the put is a warning.
     if let Some(warning) = &outcome.warning {

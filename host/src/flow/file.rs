@@ -9,10 +9,14 @@
 //! fuel = 100000000
 //! max_value_bytes = 16777216
 //! max_writes = 1000
+//! max_reads = 10000
+//! max_read_bytes = 268435456
+//! max_resources = 10000
 //!
 //! [grant]                           # defaults for every node (deny by default)
 //! global_read = ["config/"]
 //! global_write = []
+//! read_run = false                  # true: read every node of the run, not only upstreams
 //!
 //! [retry]                           # defaults for every node (default: 1 attempt)
 //! attempts = 3                      # most attempts in all
@@ -95,6 +99,9 @@ struct LimitsSpec {
     fuel: Option<u64>,
     max_value_bytes: Option<usize>,
     max_writes: Option<u32>,
+    max_reads: Option<u32>,
+    max_read_bytes: Option<u64>,
+    max_resources: Option<usize>,
     max_json_depth: Option<Spanned<usize>>,
 }
 
@@ -103,6 +110,7 @@ struct LimitsSpec {
 struct GrantSpec {
     global_read: Option<Vec<String>>,
     global_write: Option<Vec<String>>,
+    read_run: Option<bool>,
 }
 
 /// Where in the file a thing is, for error messages.
@@ -166,6 +174,15 @@ impl LimitsSpec {
         }
         if let Some(writes) = self.max_writes {
             limits.max_writes = writes;
+        }
+        if let Some(reads) = self.max_reads {
+            limits.max_reads = reads;
+        }
+        if let Some(bytes) = self.max_read_bytes {
+            limits.max_read_bytes = bytes;
+        }
+        if let Some(resources) = self.max_resources {
+            limits.max_resources = resources;
         }
         if let Some(depth) = &self.max_json_depth {
             if *depth.get_ref() > crate::json::MAX_DEPTH {
@@ -257,7 +274,8 @@ impl RetrySpec {
 }
 
 impl GrantSpec {
-    /// `self` over `base`: a list given here replaces the base list.
+    /// `self` over `base`: a list given here replaces the base list, a
+    /// `read_run` given here the base's.
     fn apply(&self, base: &Grant) -> Grant {
         Grant {
             global_read: self
@@ -268,6 +286,7 @@ impl GrantSpec {
                 .global_write
                 .clone()
                 .unwrap_or_else(|| base.global_write.clone()),
+            read_run: self.read_run.unwrap_or(base.read_run),
         }
     }
 }

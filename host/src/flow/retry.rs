@@ -25,7 +25,8 @@ use crate::runtime::{GuestFailure, StepError};
 /// Which failures a [`RetryPolicy`] tries again.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RetryOn {
-    /// A trap, running out of memory or fuel, or returning without an output.
+    /// A trap, running out of memory, fuel or resources, or returning
+    /// without an output.
     pub traps: bool,
     /// The step's deadline.
     pub timeouts: bool,
@@ -50,6 +51,7 @@ impl RetryOn {
             StepError::Trap { .. }
             | StepError::OutOfMemory { .. }
             | StepError::OutOfFuel(_)
+            | StepError::TooManyResources { .. }
             | StepError::NoOutput => self.traps,
             StepError::Timeout(_) => self.timeouts,
             StepError::Store(e) => self.store && e.is_transient(),
@@ -61,6 +63,7 @@ impl RetryOn {
             StepError::InvalidParams(_)
             | StepError::Stopped(_)
             | StepError::Panicked(_)
+            | StepError::NotMetered { .. }
             | StepError::Instantiate(_) => false,
         }
     }

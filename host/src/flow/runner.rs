@@ -263,7 +263,8 @@ pub fn run(
     flow_run_id: FlowRunId,
     options: &RunOptions<'_>,
 ) -> Result<FlowReport, FlowError> {
-    // Each file is read and hashed once, however many nodes share it.
+    // Each file is read and hashed once, however many nodes share it; the
+    // fuel-metered variant is compiled for the nodes with a fuel budget.
     let mut loaded: HashMap<&Path, StepComponent> = HashMap::new();
     let mut components = Vec::with_capacity(flow.nodes.len());
     for node in &flow.nodes {
@@ -281,6 +282,16 @@ pub fn run(
                 component
             }
         };
+        if node.limits.fuel.is_some() {
+            // Compiled here, before any deadline runs: a node with a fuel
+            // budget runs the fuel-metered variant.
+            runtime
+                .prepare_metered(&component)
+                .map_err(|source| FlowError::Component {
+                    node: node.name.clone(),
+                    source,
+                })?;
+        }
         components.push(component);
     }
     if super::cancel::is_cancelled(store.as_ref(), flow_run_id)?.is_some() {

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tracing::Instrument;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::{ResourceTable, ResourceTableError};
 use wasmtime::{Store, Trap};
 use wasmtime_wasi::WasiCtxBuilder;
 
@@ -140,6 +140,24 @@ impl Runtime {
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
         }
+        let metering = match limits.fuel {
+            None => Metering::Off,
+            Some(_) => Metering::Fuel,
+        };
+        // A memory slot cannot grow past its size: an invocation allowed
+        // more memory than the pool's slots has its instance made on demand.
+        let fits_slot = self
+            .pool
+            .as_ref()
+            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
+        let wanted = if fits_slot {
+            self.preferred(metering)
+        } else {
+            self.preferred(metering).on_demand()
+        };
+        // Chosen first, so that a component not compiled for this
+        // invocation's metering fails fast, before any store call.
+        let (mut kind, pre) = self.pre_for(component, wanted)?;
         // One read, of what the caller does not know already: the node's
         // own output (is it done?) and its upstreams' (what the step will
         // read: stored outputs never change, so the guest's gets of them are
@@ -180,22 +198,6 @@ impl Runtime {
                 warning: None,
             });
         }
-        let metering = match limits.fuel {
-            None => Metering::Off,
-            Some(_) => Metering::Fuel,
-        };
-        // A memory slot cannot grow past its size: an invocation allowed
-        // more memory than the pool's slots has its instance made on demand.
-        let fits_slot = self
-            .pool
-            .as_ref()
-            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
-        let wanted = if fits_slot {
-            self.preferred(metering)
-        } else {
-            self.preferred(metering).on_demand()
-        };
-        let (mut kind, pre) = self.pre_for(component, wanted)?;
         let mut wasm = self.new_store(kind, call, started_at, Arc::clone(&known))?;
         let instance = match pre.instantiate_async(&mut wasm).await {
             Err(error)
@@ -276,7 +278,9 @@ impl Runtime {
 
     /// The instance-pre of `component` for the engine of `kind`, or for the
     /// on-demand engine if the component does not fit the pool; with the
-    /// kind it is for.
+    /// kind it is for. Nothing is compiled here, inside the invocation's
+    /// deadline: a fuel-metered variant not compiled at load is
+    /// [`StepError::NotMetered`].
     fn pre_for(
         &self,
         component: &StepComponent,
@@ -285,8 +289,20 @@ impl Runtime {
         if kind == component.kind {
             return Ok((kind, component.pre.clone()));
         }
-        self.prepare_fitting(&component.name, &component.hash, &component.bytes, kind)
-            .map_err(|e| StepError::Instantiate(e.to_string()))
+        if let Some(found) = self.prepared(&component.hash, kind) {
+            return Ok(found);
+        }
+        match kind.metering {
+            Metering::Fuel => Err(StepError::NotMetered {
+                component: component.name.to_string(),
+            }),
+            // Every plain variant is made at load; missing, the component
+            // was loaded by another runtime.
+            Metering::Off => Err(StepError::Instantiate(format!(
+                "component {} was not loaded by this runtime",
+                component.name
+            ))),
+        }
     }
 
     /// A fresh wasmtime store for one invocation, on the engine of `kind`:
@@ -308,9 +324,11 @@ impl Runtime {
         } = *call;
         let (component, limits) = (&step.component, &step.limits);
         let stderr = StderrRing::new(STDERR_CAPTURE);
+        let mut table = ResourceTable::new();
+        table.set_max_capacity(limits.max_resources);
         let state = StepState {
             wasi: WasiCtxBuilder::new().stderr(stderr.clone()).build(),
-            table: ResourceTable::new(),
+            table,
             limiter: GuestLimiter::new(limits),
             guest: GuestStore::new(
                 step.store.clone(),
@@ -330,12 +348,14 @@ impl Runtime {
                 ended_at: started_at,
             })
             .tracking(in_flight.clone())
+            .with_upstreams(invocation.upstream.iter().map(|(_, id)| *id))
             .with_known_outputs(known)
             .sharing_slots(control.slots.clone()),
             stderr,
         };
         let mut wasm = Store::new(&self.engines(kind).engine, state);
         wasm.limiter(|state| &mut state.limiter);
+        wasm.set_max_component_handles(limits.max_resources);
         if let Some(fuel) = limits.fuel {
             wasm.set_fuel(fuel)
                 .map_err(|e| StepError::Instantiate(format!("{e:#}")))?;
@@ -398,6 +418,11 @@ fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) ->
             limit_bytes: limits.memory_bytes,
         };
     }
+    if resources_exhausted(&error) {
+        return StepError::TooManyResources {
+            limit: limits.max_resources,
+        };
+    }
     // Guest text all: a trap message can quote the guest, the report names
     // its functions (from its own name section), stderr is what it wrote.
     StepError::Trap {
@@ -405,4 +430,16 @@ fn classify(error: wasmtime::Error, wasm: &Store<StepState>, limits: &Limits) ->
         report: text::lines_for_terminal(&format!("{error:?}"), MAX_REPORT_BYTES),
         stderr: text::lines_for_terminal(&wasm.data().stderr.contents(), MAX_REPORT_BYTES),
     }
+}
+
+/// Whether `error` is a resource table or handle table that reached
+/// [`Limits::max_resources`]: the host's WASI table refusing a push, or
+/// wasmtime's store-wide component handle limit.
+fn resources_exhausted(error: &wasmtime::Error) -> bool {
+    error.chain().any(|cause| {
+        matches!(
+            cause.downcast_ref::<ResourceTableError>(),
+            Some(ResourceTableError::Full)
+        ) || cause.to_string().contains("store handle limit exceeded")
+    })
 }

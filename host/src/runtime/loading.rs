@@ -1,6 +1,7 @@
 //! Loading step components: compiled once per runtime (through the on-disk
 //! cache), linked into an instance-pre for each engine that needs one.
 
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError};
 use std::time::Instant;
@@ -33,6 +34,19 @@ pub enum LoadError {
         /// What the compiler said.
         reason: String,
     },
+    /// The component is larger than
+    /// [`RuntimeConfig::max_component_bytes`](super::RuntimeConfig::max_component_bytes):
+    /// refused before it is read (a file) or compiled.
+    #[error("component {name} is too large: {bytes} bytes, more than the limit of {limit} bytes")]
+    TooLarge {
+        /// The component's name (its file name, or the name given).
+        name: String,
+        /// Its size in bytes (for a file, what its metadata says, or more
+        /// bytes than the limit if it grew while being read).
+        bytes: u64,
+        /// The limit.
+        limit: u64,
+    },
     /// The component imports something the host does not provide, or does
     /// not export the `step` world's `run`.
     #[error("{name} does not fit the step world: {reason}")]
@@ -44,13 +58,36 @@ pub enum LoadError {
     },
 }
 
+/// How [`Runtime::load_file_with`] and [`Runtime::load_bytes_with`] load a
+/// component: what to compile now, at load, rather than never.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadOptions {
+    /// Also compile the fuel-metered variant of the component now, so
+    /// that invocations with a fuel budget ([`Limits::fuel`](crate::Limits::fuel))
+    /// can run it. Off by default: compiling costs time (as long again as
+    /// the plain compilation, on a cache miss), and the runtime never
+    /// compiles inside an invocation, so an invocation with a fuel budget
+    /// of a component loaded without it fails at once with
+    /// [`StepError::NotMetered`](super::StepError::NotMetered). See also
+    /// [`Runtime::prepare_metered`].
+    pub fuel: bool,
+}
+
+impl LoadOptions {
+    /// Options that compile the fuel-metered variant too.
+    pub fn metered() -> Self {
+        Self { fuel: true }
+    }
+}
+
 /// A compiled step component, ready to instantiate. Cheap to clone.
 #[derive(Clone)]
 pub struct StepComponent {
     pub(super) name: Arc<str>,
     /// The BLAKE3 hash of the component's bytes.
     pub(super) hash: blake3::Hash,
-    /// The bytes, for a fuel-metered compilation made on demand.
+    /// The bytes, for a fuel-metered compilation made later
+    /// ([`Runtime::prepare_metered`]).
     pub(super) bytes: Arc<[u8]>,
     /// The engine `pre` is for: pooled, unless the component does not fit.
     pub(super) kind: EngineKind,
@@ -78,35 +115,116 @@ impl std::fmt::Debug for StepComponent {
 }
 
 impl Runtime {
-    /// Loads a component file. See [`load_bytes`](Self::load_bytes).
+    /// Loads a component file. See [`load_file_with`](Self::load_file_with).
     pub fn load_file(&self, path: impl AsRef<Path>) -> Result<StepComponent, LoadError> {
+        self.load_file_with(path, LoadOptions::default())
+    }
+
+    /// Loads a component file with `options`. See
+    /// [`load_bytes_with`](Self::load_bytes_with). A file larger than
+    /// [`RuntimeConfig::max_component_bytes`](super::RuntimeConfig::max_component_bytes)
+    /// is refused ([`LoadError::TooLarge`]) by its size before any of it is
+    /// read, and it is read through a reader that stops past the limit (a
+    /// file that grows meanwhile is refused too).
+    pub fn load_file_with(
+        &self,
+        path: impl AsRef<Path>,
+        options: LoadOptions,
+    ) -> Result<StepComponent, LoadError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| LoadError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
         let name = path.file_name().map_or_else(
             || path.display().to_string(),
             |n| n.to_string_lossy().into_owned(),
         );
-        self.load_bytes(&name, &bytes)
+        let bytes = read_bounded(path, &name, self.max_component_bytes)?;
+        self.load_bytes_with(&name, &bytes, options)
     }
 
-    /// Compiles a component and checks that it fits the `step` world.
-    /// The same bytes are compiled once per runtime: a second load returns
-    /// the first compilation. (A fuel-metered compilation is made the first
-    /// time an invocation with a fuel budget needs it.)
+    /// Compiles a component and checks that it fits the `step` world. See
+    /// [`load_bytes_with`](Self::load_bytes_with).
     pub fn load_bytes(&self, name: &str, bytes: &[u8]) -> Result<StepComponent, LoadError> {
+        self.load_bytes_with(name, bytes, LoadOptions::default())
+    }
+
+    /// Compiles a component and checks that it fits the `step` world; with
+    /// [`LoadOptions::fuel`], compiles its fuel-metered variant too. The
+    /// same bytes are compiled once per runtime: a second load returns the
+    /// first compilation. Bytes longer than
+    /// [`RuntimeConfig::max_component_bytes`](super::RuntimeConfig::max_component_bytes)
+    /// are refused ([`LoadError::TooLarge`]).
+    pub fn load_bytes_with(
+        &self,
+        name: &str,
+        bytes: &[u8],
+        options: LoadOptions,
+    ) -> Result<StepComponent, LoadError> {
+        let len = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+        if len > self.max_component_bytes {
+            return Err(LoadError::TooLarge {
+                name: name.to_owned(),
+                bytes: len,
+                limit: self.max_component_bytes,
+            });
+        }
         let hash = blake3::hash(bytes);
         let (kind, pre) =
             self.prepare_fitting(name, &hash, bytes, self.preferred(Metering::Off))?;
-        Ok(StepComponent {
+        let component = StepComponent {
             name: name.into(),
             hash,
             bytes: Arc::from(bytes),
             kind,
             pre,
-        })
+        };
+        if options.fuel {
+            self.prepare_metered(&component)?;
+        }
+        Ok(component)
+    }
+
+    /// Compiles the fuel-metered variant of `component` now (through the
+    /// on-disk cache), if this runtime has not yet: what invocations with
+    /// a fuel budget run. Call it before running the component with a fuel
+    /// budget (or load it with [`LoadOptions::fuel`]): the runtime never
+    /// compiles inside an invocation, whose deadline would pay for it.
+    pub fn prepare_metered(&self, component: &StepComponent) -> Result<(), LoadError> {
+        self.prepare_fitting(
+            &component.name,
+            &component.hash,
+            &component.bytes,
+            self.preferred(Metering::Fuel),
+        )
+        .map(|_| ())
+    }
+
+    /// Whether this runtime has compiled the fuel-metered variant of
+    /// `component` ([`prepare_metered`](Self::prepare_metered)).
+    pub fn is_metered(&self, component: &StepComponent) -> bool {
+        self.prepared(&component.hash, self.preferred(Metering::Fuel))
+            .is_some()
+    }
+
+    /// The instance-pre this runtime already made of the component with
+    /// `hash` for `kind`, or for its on-demand engine if the component does
+    /// not fit the pool; with the kind it is for. Compiles nothing.
+    pub(super) fn prepared(
+        &self,
+        hash: &blake3::Hash,
+        kind: EngineKind,
+    ) -> Option<(EngineKind, StepPre<StepState>)> {
+        let compiled = self.compiled.lock().unwrap_or_else(PoisonError::into_inner);
+        match compiled.get(&(*hash, kind)) {
+            Some(Some(pre)) => Some((kind, pre.clone())),
+            Some(None) => {
+                let on_demand = kind.on_demand();
+                compiled
+                    .get(&(*hash, on_demand))
+                    .cloned()
+                    .flatten()
+                    .map(|pre| (on_demand, pre))
+            }
+            None => None,
+        }
     }
 
     /// The instance-pre for `kind`, or for its on-demand engine if the
@@ -264,4 +382,34 @@ impl Runtime {
             .map_err(wrong_world)?;
         StepPre::new(instance_pre).map_err(wrong_world)
     }
+}
+
+/// The bytes of the file at `path`, refused ([`LoadError::TooLarge`]) if
+/// its metadata says it is longer than `limit` (nothing read then), or if
+/// more than `limit` bytes can be read from it (at most `limit + 1` read).
+fn read_bounded(path: &Path, name: &str, limit: u64) -> Result<Vec<u8>, LoadError> {
+    let read_error = |source| LoadError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let too_large = |bytes| LoadError::TooLarge {
+        name: name.to_owned(),
+        bytes,
+        limit,
+    };
+    let file = std::fs::File::open(path).map_err(read_error)?;
+    let len = file.metadata().map_err(read_error)?.len();
+    if len > limit {
+        return Err(too_large(len));
+    }
+    // The file's own length, not a guess: it may be smaller than the limit.
+    let mut bytes = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    file.take(limit.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(read_error)?;
+    let read = u64::try_from(bytes.len()).unwrap_or(u64::MAX);
+    if read > limit {
+        return Err(too_large(read));
+    }
+    Ok(bytes)
 }

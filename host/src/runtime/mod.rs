@@ -37,7 +37,7 @@ mod stop;
 
 pub use cache::{CacheError, CodeCache, Lookup};
 pub use invocation::Invocation;
-pub use loading::{LoadError, StepComponent};
+pub use loading::{LoadError, LoadOptions, StepComponent};
 pub use outcome::{StepOutcome, StepStatus};
 pub use pool::PoolConfig;
 pub use prepared::{PreparedStep, RunControl};
@@ -58,13 +58,25 @@ pub struct RuntimeConfig {
     /// Components that do not fit the pool are instantiated on demand (see
     /// [`PoolConfig`]).
     pub pool: Option<PoolConfig>,
+    /// The largest component, in bytes, that [`Runtime::load_file`] and
+    /// [`Runtime::load_bytes`] accept; a larger one is
+    /// [`LoadError::TooLarge`], and a larger file is not read. Default:
+    /// [`DEFAULT_MAX_COMPONENT_BYTES`] (64 MiB).
+    pub max_component_bytes: u64,
 }
+
+/// The default [`RuntimeConfig::max_component_bytes`]: 64 MiB, over three
+/// times the project's largest component (its Python steps, built by
+/// componentize-py 0.25.1, are about 18.5 MB; its JavaScript steps about
+/// 12.6 MB).
+pub const DEFAULT_MAX_COMPONENT_BYTES: u64 = 64 << 20;
 
 impl Default for RuntimeConfig {
     fn default() -> Self {
         Self {
             cache_dir: CodeCache::default_dir(),
             pool: Some(PoolConfig::default()),
+            max_component_bytes: DEFAULT_MAX_COMPONENT_BYTES,
         }
     }
 }
@@ -103,6 +115,8 @@ pub struct Runtime {
     /// How many components this runtime compiled or took from the cache.
     compilations: std::sync::atomic::AtomicUsize,
     cache: Option<CodeCache>,
+    /// [`RuntimeConfig::max_component_bytes`].
+    max_component_bytes: u64,
     /// Drives the blocking [`run`](Runtime::run): its timers and WASI I/O.
     blocking: tokio::runtime::Runtime,
     _ticker: EpochTicker,
@@ -155,6 +169,7 @@ impl Runtime {
             compiling: Mutex::new(()),
             compilations: std::sync::atomic::AtomicUsize::new(0),
             cache,
+            max_component_bytes: config.max_component_bytes,
             blocking,
             _ticker: ticker,
         })

@@ -113,6 +113,13 @@ impl<'r> PreparedStep<'r> {
     /// write that was still in flight at the deadline is waited for before
     /// the answer is given, so a step reported as failed has stored nothing
     /// afterwards. Needs a tokio runtime with timers enabled.
+    ///
+    /// With a fuel budget ([`Limits::fuel`]) the component's fuel-metered
+    /// variant runs; it must have been compiled before
+    /// ([`LoadOptions::fuel`](super::LoadOptions::fuel),
+    /// [`Runtime::prepare_metered`]), else the invocation fails at once
+    /// with [`StepError::NotMetered`]: nothing is compiled inside the
+    /// deadline.
     pub async fn run_async(&self, invocation: &Invocation) -> Result<StepOutcome, StepError> {
         self.run_async_controlled(invocation, &RunControl::default())
             .await

@@ -24,6 +24,14 @@ pub enum StepError {
         /// The memory limit that was reached.
         limit_bytes: usize,
     },
+    /// The guest held more live resources (WASI streams, pollables,
+    /// component handles) than [`Limits::max_resources`](crate::Limits::max_resources):
+    /// the call that would have made one more trapped.
+    #[error("step held too many resources (limit {limit} live handles)")]
+    TooManyResources {
+        /// The resource limit that was reached.
+        limit: usize,
+    },
     /// The guest used up its [`Limits::fuel`](crate::Limits::fuel).
     #[error("step ran out of fuel (budget {0})")]
     OutOfFuel(u64),
@@ -47,6 +55,20 @@ pub enum StepError {
     /// function trapped, or it asked for more than the limits allow).
     #[error("step could not be instantiated: {0}")]
     Instantiate(String),
+    /// The invocation has a fuel budget, but the component's fuel-metered
+    /// variant was not compiled: load it with
+    /// [`LoadOptions::fuel`](super::LoadOptions::fuel) or call
+    /// [`Runtime::prepare_metered`](super::Runtime::prepare_metered) first.
+    /// The runtime never compiles inside an invocation's deadline; the
+    /// invocation failed before anything ran.
+    #[error(
+        "component {component} was not compiled for fuel metering: load it with \
+         LoadOptions {{ fuel: true }} (or call Runtime::prepare_metered) to run it with a fuel budget"
+    )]
+    NotMetered {
+        /// The component's name.
+        component: String,
+    },
     /// The invocation's parameters could not be passed to the step.
     #[error("invalid params: {0}")]
     InvalidParams(String),

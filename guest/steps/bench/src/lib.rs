@@ -3,7 +3,9 @@
 //! - params `null` (or without `gets`): one small put, output `{"ok": true}`;
 //! - params `{"gets": N, "node": "<node id>"}`: `N` raw `get` calls of that
 //!   node in the invocation's flow run, then output
-//!   `{"gets": N, "found": <calls that found a value>, "bytes": <total text length>}`;
+//!   `{"gets": N, "found": <calls that found a value>, "bytes": <total text length>}`
+//!   (a node that is not an upstream needs a grant that widens reads to
+//!   the whole run);
 //! - params `{"upstream": true}`: one raw `get` of each upstream output (a
 //!   node of a flow that uses what came before), then output
 //!   `{"read": <upstreams found>, "bytes": <their total text length>}`.
