@@ -78,7 +78,8 @@ enum Command {
 /// Where the store lives.
 #[derive(clap::Args)]
 pub struct DbArgs {
-    /// The store: an SQLite database file (created if missing), or a
+    /// The store: an SQLite database file (created if missing by the commands
+    /// that write; the others need it to exist), or a
     /// PostgreSQL database as `postgres://user[:password]@host[:port]/dbname`.
     #[arg(long, value_name = "PATH|URL")]
     db: String,
