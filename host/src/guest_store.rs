@@ -492,13 +492,12 @@ impl GuestStore {
         let total = self
             .read_bytes
             .saturating_add(u64::try_from(bytes).unwrap_or(u64::MAX));
+        // What is refused counts too: a guest cannot retry its way past
+        // the limit.
+        self.read_bytes = total;
         if total > self.limits.max_read_bytes {
-            // What was refused counts too: a guest cannot retry its way
-            // past the limit.
-            self.read_bytes = total;
             return Err(self.read_bytes_exceeded());
         }
-        self.read_bytes = total;
         Ok(())
     }
 

@@ -1068,6 +1068,17 @@ fn a_fuel_budget_needs_the_metered_variant_compiled_at_load() {
         compiled,
         "nothing compiled inside the invocation"
     );
+    // A node whose output is stored is done, whatever its engine: a resumed
+    // run skips it rather than failing for the missing variant.
+    let done = Invocation::new(FlowRunId::new(), NodeId::new());
+    store
+        .put(done.flow_run_id, done.node_id, &json!("stored"))
+        .unwrap();
+    let outcome = rt
+        .run(&hostile, &store, &done, &Grant::default(), &limits)
+        .unwrap();
+    assert_eq!(outcome.status, StepStatus::AlreadyDone);
+    assert_eq!(rt.compilations(), compiled);
 
     let metered = rt
         .load_file_with(components::HOSTILE, LoadOptions { fuel: true })

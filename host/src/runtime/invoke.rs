@@ -140,24 +140,6 @@ impl Runtime {
         if let Some(error) = &invocation.invalid_params {
             return Err(StepError::InvalidParams(error.to_string()));
         }
-        let metering = match limits.fuel {
-            None => Metering::Off,
-            Some(_) => Metering::Fuel,
-        };
-        // A memory slot cannot grow past its size: an invocation allowed
-        // more memory than the pool's slots has its instance made on demand.
-        let fits_slot = self
-            .pool
-            .as_ref()
-            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
-        let wanted = if fits_slot {
-            self.preferred(metering)
-        } else {
-            self.preferred(metering).on_demand()
-        };
-        // Chosen first, so that a component not compiled for this
-        // invocation's metering fails fast, before any store call.
-        let (mut kind, pre) = self.pre_for(component, wanted)?;
         // One read, of what the caller does not know already: the node's
         // own output (is it done?) and its upstreams' (what the step will
         // read: stored outputs never change, so the guest's gets of them are
@@ -198,6 +180,25 @@ impl Runtime {
                 warning: None,
             });
         }
+        let metering = match limits.fuel {
+            None => Metering::Off,
+            Some(_) => Metering::Fuel,
+        };
+        // A memory slot cannot grow past its size: an invocation allowed
+        // more memory than the pool's slots has its instance made on demand.
+        let fits_slot = self
+            .pool
+            .as_ref()
+            .is_some_and(|pool| limits.memory_bytes <= pool.memory_bytes);
+        let wanted = if fits_slot {
+            self.preferred(metering)
+        } else {
+            self.preferred(metering).on_demand()
+        };
+        // Chosen before anything runs, after the done check (a finished
+        // node is done whatever its engine): a component not compiled for
+        // this invocation's metering fails at once, nothing compiled.
+        let (mut kind, pre) = self.pre_for(component, wanted)?;
         let mut wasm = self.new_store(kind, call, started_at, Arc::clone(&known))?;
         let instance = match pre.instantiate_async(&mut wasm).await {
             Err(error)
