@@ -584,12 +584,7 @@ fn parse_node(text: &str) -> GuestResult<NodeId> {
 
 /// A key for an error message: quoted, and cut to 64 characters.
 fn shown(key: &str) -> String {
-    let cut: String = key.chars().take(64).collect();
-    if cut.len() < key.len() {
-        format!("{cut:?}…")
-    } else {
-        format!("{cut:?}")
-    }
+    crate::text::quoted(key, 64)
 }
 
 #[cfg(test)]

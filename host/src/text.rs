@@ -12,6 +12,18 @@
 /// Most bytes of a guest's failure text kept in a message (before `…`).
 pub const MAX_MESSAGE_BYTES: usize = 4 * 1024;
 
+/// `text` for an error message that names it: quoted, with Rust's
+/// escapes (so control characters show as escapes), and cut to
+/// `max_chars` characters, followed by `…` if anything was cut.
+pub fn quoted(text: &str, max_chars: usize) -> String {
+    let cut: String = text.chars().take(max_chars).collect();
+    if cut.len() < text.len() {
+        format!("{cut:?}…")
+    } else {
+        format!("{cut:?}")
+    }
+}
+
 /// `text` as one line for a terminal: every control character (newlines
 /// included) and bidi override escaped, and at most `max_bytes` bytes of
 /// the result kept, followed by `…` if anything was cut.

@@ -256,12 +256,7 @@ fn unix_millis(text: &str) -> Result<i64, String> {
 
 /// A text from the file, quoted and cut to 64 characters for an error message.
 fn shown(text: &str) -> String {
-    let cut: String = text.chars().take(64).collect();
-    if cut.len() < text.len() {
-        format!("{cut:?}…")
-    } else {
-        format!("{cut:?}")
-    }
+    crate::text::quoted(text, 64)
 }
 
 mod back;
