@@ -443,6 +443,15 @@ pub(crate) fn check_before_opening(path: &Path) -> Result<(), ContextStoreError>
     open::check_before_opening(path, &SqliteOptions::default())
 }
 
+/// [`check_before_opening`], with `check` deciding what the tables must be
+/// (`migrate --back` wants this build's schema, not a WorldInterface one).
+pub(crate) fn check_before_reading(
+    path: &Path,
+    check: impl FnOnce(&Connection) -> Result<(), ContextStoreError>,
+) -> Result<(), ContextStoreError> {
+    open::check_unopened(path, &SqliteOptions::default(), check)
+}
+
 /// Runs `f`, waiting out a busy database (a lock held by another process,
 /// or WAL recovery after a crash) until `give_up`; then fails with
 /// [`ContextStoreError::Timeout`]. Each statement is atomic, so a retry

@@ -213,6 +213,16 @@ pub(super) fn check_before_opening(
     path: &Path,
     options: &SqliteOptions,
 ) -> Result<(), ContextStoreError> {
+    check_unopened(path, options, |conn| schema::inspect(conn).map(drop))
+}
+
+/// [`check_before_opening`], with `check` deciding what the tables must
+/// be (a caller that only reads may want more than [`schema::inspect`]).
+pub(super) fn check_unopened(
+    path: &Path,
+    options: &SqliteOptions,
+    check: impl FnOnce(&Connection) -> Result<(), ContextStoreError>,
+) -> Result<(), ContextStoreError> {
     let Some(header) = read_header(path) else {
         return Ok(());
     };
@@ -222,7 +232,7 @@ pub(super) fn check_before_opening(
             | OpenFlags::SQLITE_OPEN_NO_MUTEX
             | OpenFlags::SQLITE_OPEN_URI;
         let conn = connect(&immutable_uri(path), flags, options)?;
-        schema::inspect(&conn)?;
+        check(&conn)?;
     }
     Ok(())
 }

@@ -137,7 +137,8 @@ pub(super) fn write_back_into(
     partial: &Path,
     out: &Path,
 ) -> Result<BackReport, ContextStoreError> {
-    check_before_reading(db)?;
+    // Refused without a `-wal` or `-shm` made beside it.
+    crate::store::sqlite::check_before_reading(db, check_source)?;
     let mut source = open_source(db)?;
     let read = source.transaction_with_behavior(TransactionBehavior::Deferred)?;
     check_source(&read)?;
@@ -171,45 +172,6 @@ pub(super) fn check_source(conn: &Connection) -> Result<(), ContextStoreError> {
         )),
         _ => crate::store::schema::check(conn),
     }
-}
-
-/// Refuses, without making a `-wal` or `-shm` beside it, a source that is
-/// not a contextstore database: by its header's marks, then, for a file in
-/// WAL mode with no `-wal` (which a read-only connection would make, and
-/// leave), by its tables, read through an immutable connection. (A
-/// contextstore file is then read as any read-only open reads it.)
-pub(super) fn check_before_reading(db: &Path) -> Result<(), ContextStoreError> {
-    crate::store::sqlite::check_before_opening(db)?;
-    let Some(text) = db.to_str() else {
-        return Ok(());
-    };
-    if is_there(&suffixed(db, "-wal")).unwrap_or(true) || !in_wal_mode(db) {
-        return Ok(());
-    }
-    let mut uri = String::from("file:");
-    for c in text.chars() {
-        match c {
-            '?' | '#' | '%' => uri.push_str(&format!("%{:02X}", c as u32)),
-            c => uri.push(c),
-        }
-    }
-    uri.push_str("?immutable=1");
-    let flags = OpenFlags::SQLITE_OPEN_READ_ONLY
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX
-        | OpenFlags::SQLITE_OPEN_URI;
-    check_source(&Connection::open_with_flags(uri, flags)?)
-}
-
-/// Whether the file at `path` is an SQLite database in WAL mode, by its
-/// header (the file format's write and read versions: 2 is WAL).
-pub(super) fn in_wal_mode(path: &Path) -> bool {
-    use std::io::Read as _;
-    let mut header = [0u8; 20];
-    std::fs::File::open(path)
-        .and_then(|mut file| file.read_exact(&mut header))
-        .is_ok()
-        && header.starts_with(b"SQLite format 3\0")
-        && (header[18] == 2 || header[19] == 2)
 }
 
 /// A read-only, query-only connection to the existing file `db`.
